@@ -1,0 +1,295 @@
+"""Typed run configuration: dataclasses, YAML presets, ``key=value`` overrides, early validation.
+
+A config error must cost seconds, not a run: every field is type-checked and range-checked before any
+work starts, and unknown keys get a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field and the fix."""
+
+
+@dataclass
+class TinyModelConfig:
+    """A small Llama-style model built from scratch, with a BPE tokenizer trained on the task's text."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 512
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """HF model directory (or hub id where a hub is reachable); None builds the ``tiny`` preset."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "synthetic"
+    cot: str = "python"
+    """Chain-of-thought style: ``nl`` (N-CoT) or ``python`` (P-CoT)."""
+    data_dir: str | None = None
+    n_train: int = 2000
+    n_val: int = 200
+    n_test: int = 500
+    max_ops: int = 4
+    data_seed: int = 0
+    """Seed of the generated data; the run's ``seed`` drives training."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on (question, gold CoT); the warm-up and the SFT baseline are one run of it."""
+
+    warmup_epochs: int = 2
+    """Epochs before the snapshot that ReFT starts from (REFERENCE.md A.2: an early checkpoint of the SFT run)."""
+    epochs: int | None = None
+    """Epochs of continued SFT after the warm-up; None means as many as ReFT runs (equal epochs)."""
+    lr: float = 1e-3
+    batch_size: int = 32
+    lr_warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ReFTConfig:
+    """PPO on sampled CoTs with the answer reward (REFERENCE.md A.3)."""
+
+    epochs: int = 4
+    questions_per_step: int = 32
+    samples_per_question: int = 1
+    lr: float = 3e-5
+    ppo_epochs: int = 2
+    minibatch_size: int = 32
+    kl_coef: float = 0.01
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 5.0
+    grad_clip: float = 1.0
+    whiten_advantages: bool = True
+    partial_reward: bool = True
+    value_model: str = "shared"
+    """``shared``: value head on the policy trunk (the paper); ``separate``: a value model copied from the warm-up."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    eval_every: int = 20
+    """Validation every this many PPO steps (and at the end)."""
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 100
+    max_new_tokens: int = 128
+    program_timeout: float = 2.0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    mixed_precision: str = "auto"
+    """``auto`` (bf16 where the hardware supports it), ``bf16``, ``fp16`` or ``no``."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reft: ReFTConfig = field(default_factory=ReFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "task.cot": ("nl", "python"),
+    "mixed_precision": ("auto", "bf16", "fp16", "no"),
+    "reft.value_model": ("shared", "separate"),
+}
+_POSITIVE = {
+    "task.n_train",
+    "task.n_val",
+    "task.n_test",
+    "task.max_ops",
+    "model.tiny.vocab_size",
+    "model.tiny.hidden_size",
+    "model.tiny.intermediate_size",
+    "model.tiny.num_layers",
+    "model.tiny.num_heads",
+    "model.tiny.max_positions",
+    "sft.warmup_epochs",
+    "sft.lr",
+    "sft.batch_size",
+    "reft.epochs",
+    "reft.questions_per_step",
+    "reft.samples_per_question",
+    "reft.lr",
+    "reft.ppo_epochs",
+    "reft.minibatch_size",
+    "reft.temperature",
+    "reft.max_new_tokens",
+    "reft.eval_every",
+    "eval.batch_size",
+    "eval.max_new_tokens",
+    "eval.program_timeout",
+}
+_NON_NEGATIVE = {
+    "sft.epochs",
+    "sft.weight_decay",
+    "sft.grad_clip",
+    "reft.kl_coef",
+    "reft.clip_eps",
+    "reft.value_clip",
+    "reft.vf_coef",
+    "reft.grad_clip",
+    "reft.top_k",
+}
+_UNIT_INTERVAL = {"sft.lr_warmup_ratio", "reft.gamma", "reft.lam", "reft.top_p"}
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files("reftkit.presets").iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_config(preset: str | None = "default", file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Build a config from defaults, then a preset, then a YAML file, then ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if preset:
+        if preset not in preset_names():
+            raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
+        _merge(
+            data,
+            yaml.safe_load(resources.files("reftkit.presets").joinpath(f"{preset}.yaml").read_text()) or {},
+        )
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(loaded, dict | None):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+        _merge(data, loaded or {})
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: write overrides as key=value, e.g. reft.lr=1e-5")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw != "" else None
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    flat = _flatten(to_dict(config))
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if flat[key] is not None and flat[key] <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
+    for key in _NON_NEGATIVE:
+        if flat[key] is not None and flat[key] < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {flat[key]}")
+    for key in _UNIT_INTERVAL:
+        if not 0 <= flat[key] <= 1:
+            raise ConfigError(f"{key}: must be in [0, 1], got {flat[key]}")
+    if config.reft.minibatch_size > config.reft.questions_per_step * config.reft.samples_per_question:
+        raise ConfigError(
+            "reft.minibatch_size: larger than the samples of one step "
+            f"({config.reft.questions_per_step} questions x {config.reft.samples_per_question} samples)"
+        )
+    if config.model.tiny.hidden_size % config.model.tiny.num_heads:
+        raise ConfigError("model.tiny.hidden_size: must be a multiple of model.tiny.num_heads")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{prefix}{key}: unknown config key{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if isinstance(hint, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

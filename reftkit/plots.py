@@ -1,0 +1,80 @@
+"""PNG curves of a run from its ``metrics.jsonl``: reward, KL, accuracy and length against step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+# (file name, title, [(stage, metric, label)])
+PANELS = [
+    (
+        "reward.png",
+        "ReFT reward per step",
+        [("reft", "reward", "mean reward"), ("reft", "frac_correct", "share correct")],
+    ),
+    ("kl.png", "KL to the warm-up model (per sequence)", [("reft", "kl", "k1"), ("reft", "kl_k3", "k3")]),
+    (
+        "accuracy.png",
+        "Validation accuracy",
+        [("sft_eval", "val_acc", "SFT (per epoch)"), ("reft_eval", "val_acc", "ReFT")],
+    ),
+    (
+        "length.png",
+        "Response length (tokens)",
+        [("reft", "response_length", "ReFT samples"), ("sft_eval", "val_length", "SFT greedy (val)")],
+    ),
+    (
+        "losses.png",
+        "Losses",
+        [
+            ("sft", "loss", "SFT loss"),
+            ("reft", "policy_loss", "PPO policy loss"),
+            ("reft", "value_loss", "PPO value loss"),
+        ],
+    ),
+]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Write one PNG per panel into ``run_dir/plots``; x is the epoch (fractional for PPO steps)."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+    for name, title, series in PANELS:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        drawn = False
+        for stage, key, label in series:
+            points = [
+                (r.get("epoch", r["step"]), r[key]) for r in records if r["stage"] == stage and r.get(key) is not None
+            ]
+            if points:
+                ax.plot(
+                    *zip(*points, strict=True),
+                    label=label,
+                    marker="o" if len(points) < 30 else None,
+                    markersize=3,
+                )
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    return written

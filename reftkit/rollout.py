@@ -1,0 +1,118 @@
+"""Batched sampling with a KV cache and explicit position ids.
+
+Prompts are left-padded and responses right-padded, so one row is ``[pad.. prompt | response .. pad]``.
+Positions come from the attention mask in sampling and in scoring alike (the reference scored padded
+rows at other positions than it sampled them, REFERENCE.md F.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from reftkit.models import position_ids_from_mask
+
+
+@dataclass
+class Batch:
+    """Left-padded prompts: ``ids`` and ``mask`` are [B, P]."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class Responses:
+    """Right-padded samples: ``ids`` [B, R] (pad after the end) and ``mask`` [B, R], 1.0 for every
+    generated token up to and including EOS (all of them when the sample was cut at the length limit).
+    ``truncated`` [B] is True where no EOS was produced."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    truncated: torch.Tensor
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Token ids of prompts with the tokenizer's own special-token convention (e.g. Llama's BOS)."""
+    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> Batch:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, -len(seq) :] = torch.tensor(seq)
+            mask[row, -len(seq) :] = 1
+    return Batch(ids, mask)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None):
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    prompts: Batch,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Responses:
+    """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt."""
+    device = next(model.parameters()).device
+    mask = prompts.mask.to(device)
+    positions = position_ids_from_mask(mask)
+    out = model(input_ids=prompts.ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True)
+    batch = mask.size(0)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, alive = [], []
+    next_pos = positions[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        token = _pick(out.logits[:, -1], temperature, top_k, top_p, generator)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        alive.append(~done)
+        done = done | (token == eos_id)
+        if bool(done.all()) or len(tokens) == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+        next_pos = next_pos + 1
+    ids = torch.stack(tokens, dim=1)
+    return Responses(ids=ids, mask=torch.stack(alive, dim=1).float(), truncated=~done)
+
+
+def decode_responses(tokenizer: PreTrainedTokenizerBase, responses: Responses) -> list[str]:
+    """Text of each response without EOS and padding."""
+    texts = []
+    for ids, mask in zip(responses.ids.tolist(), responses.mask.tolist(), strict=True):
+        kept = [t for t, m in zip(ids, mask, strict=True) if m and t != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=False))
+    return texts

@@ -1,0 +1,267 @@
+"""The whole pipeline in one run folder: warm-up SFT → (continued SFT | ReFT) → evaluation → report.
+
+The run folder is what a user keeps: ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``report.md``,
+``plots/*.png`` and ``checkpoints/`` (plain HF directories). Checkpoints are selected on validation; the
+test split is touched once per selected (and last) checkpoint, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+from transformers.utils import logging as hf_logging
+
+from reftkit.config import ConfigError, RunConfig, dump_yaml
+from reftkit.evaluation import evaluate_greedy
+from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.plots import plot_run
+from reftkit.tasks import load_task
+from reftkit.tasks.base import TaskData, prompt_text, target_text
+from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
+from reftkit.trainers.reft import train_reft
+from reftkit.trainers.sft import train_sft
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
+    """The model SFT starts from: the user's HF directory, or the ``tiny`` preset built on the train split."""
+    if config.model.path:
+        return Path(config.model.path)
+    cot = config.task.cot
+    texts = [prompt_text(p, cot) + target_text(p, cot) for p in data.train]  # type: ignore[arg-type]
+    return build_tiny(texts, config.model.tiny, out / "checkpoints" / "base", seed=config.seed)
+
+
+def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
+    started = time.time()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    prepare_run_dir(out, overwrite)
+    (out / "config.yaml").write_text(dump_yaml(config))
+    set_seed(config.seed)
+    accelerator = make_accelerator(config.mixed_precision)
+    log = MetricsLog(out / "metrics.jsonl", started)
+    cot = config.task.cot
+    data = load_task(config.task)
+    stage_seconds: dict[str, float] = {}
+
+    t = time.time()
+    base = base_model_dir(config, data, out)
+    tokenizer = load_tokenizer(base)
+    model = load_causal_lm(base, tokenizer)
+    print(
+        f"task {data.name}/{cot}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test; "
+        f"model {base} ({param_count(model) / 1e6:.2f}M params), mixed precision {accelerator.mixed_precision}"
+    )
+    sft = train_sft(config, model, tokenizer, data, out, log, accelerator)
+    stage_seconds["sft"] = time.time() - t
+
+    t = time.time()
+    warmup_epochs = config.sft.warmup_epochs
+    reft = train_reft(
+        config,
+        sft.warmup_dir,
+        tokenizer,
+        data,
+        out,
+        log,
+        accelerator,
+        warmup_val_acc=sft.val_history[warmup_epochs],
+        epoch_offset=warmup_epochs,
+    )
+    stage_seconds["reft"] = time.time() - t
+
+    t = time.time()
+    test = {}
+    for name, path in [
+        ("warmup", sft.warmup_dir),
+        ("sft", sft.best_dir),
+        ("sft_last", sft.last_dir),
+        ("reft", reft.best_dir),
+        ("reft_last", reft.last_dir),
+    ]:
+        with accelerator.autocast():
+            result = evaluate_greedy(
+                load_causal_lm(path, tokenizer).to(accelerator.device),
+                tokenizer,
+                data.test,
+                cot,
+                config.eval.max_new_tokens,
+                config.eval.batch_size,
+                config.eval.program_timeout,
+                desc=f"test {name}",
+            )
+        test[name] = result
+        log.write(
+            "test",
+            0,
+            model=name,
+            test_acc=result.accuracy,
+            **{f"test_{k}": v for k, v in result.counts.items()},
+        )
+    stage_seconds["test"] = time.time() - t
+
+    last_sft_epoch = max(sft.val_history)
+    last_reft_step = max(reft.val_history)
+    summary = {
+        "task": data.name,
+        "cot": cot,
+        "seed": config.seed,
+        "base_model": str(config.model.path or "tiny"),
+        "wall_seconds": round(time.time() - started, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
+        "epochs": {"warmup": warmup_epochs, "sft": last_sft_epoch - warmup_epochs, "reft": config.reft.epochs},
+        "warmup": {
+            "val_acc": sft.val_history[warmup_epochs],
+            "test_acc": test["warmup"].accuracy,
+            "epoch": warmup_epochs,
+        },
+        "sft": {
+            "val_acc": sft.val_history[sft.best_epoch],
+            "test_acc": test["sft"].accuracy,
+            "selected_epoch": sft.best_epoch,
+            "last": {"val_acc": sft.val_history[last_sft_epoch], "test_acc": test["sft_last"].accuracy},
+        },
+        "reft": {
+            "val_acc": reft.val_history[reft.best_step],
+            "test_acc": test["reft"].accuracy,
+            "selected_step": reft.best_step,
+            "last": {"val_acc": reft.val_history[last_reft_step], "test_acc": test["reft_last"].accuracy},
+        },
+        "test_outcomes": {name: r.counts for name, r in test.items()},
+        "command": command,
+        "commit": _git_commit(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plots = plot_run(out)
+    (out / "report.md").write_text(render_report(summary, plots, out))
+    print(render_table(summary))
+    return summary
+
+
+def render_table(summary: dict[str, Any]) -> str:
+    rows = [
+        ("warm-up", summary["warmup"], f"epoch {summary['warmup']['epoch']}"),
+        ("SFT (continued)", summary["sft"], f"epoch {summary['sft']['selected_epoch']}"),
+        ("ReFT", summary["reft"], f"step {summary['reft']['selected_step']}"),
+    ]
+    lines = ["| model | selected on val | val acc | test acc | test acc (last) |", "|---|---|---|---|---|"]
+    for name, s, chosen in rows:
+        last = f"{100 * s['last']['test_acc']:.1f}" if "last" in s else "–"
+        lines.append(f"| {name} | {chosen} | {100 * s['val_acc']:.1f} | {100 * s['test_acc']:.1f} | {last} |")
+    return "\n".join(lines)
+
+
+def render_report(summary: dict[str, Any], plots: list[Path], out: Path) -> str:
+    e = summary["epochs"]
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
+    text = [
+        f"# reftkit run: {summary['task']} / {summary['cot']} (seed {summary['seed']})",
+        "",
+        f"Base model `{summary['base_model']}`; warm-up {e['warmup']} SFT epochs, then {e['sft']} more epochs of SFT "
+        f"or {e['reft']} epochs of ReFT from the warm-up. Checkpoints selected on validation; test accuracy is greedy.",
+        "",
+        render_table(summary),
+        "",
+        f"Wall time {summary['wall_seconds']:.0f} s ({stages}).",
+        "",
+        f"Command: `{summary['command']}`  ",
+        f"Commit: `{summary['commit']}`",
+        "",
+    ]
+    text += [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
+    return "\n".join(text) + "\n"
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def command_line() -> str:
+    return "reftkit " + shlex.join(sys.argv[1:])
+
+
+def _stage_setup(config: RunConfig, out: Path, overwrite: bool) -> tuple[Any, MetricsLog, TaskData]:
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    prepare_run_dir(out, overwrite)
+    (out / "config.yaml").write_text(dump_yaml(config))
+    set_seed(config.seed)
+    return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), load_task(config.task)
+
+
+def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False) -> dict[str, Any]:
+    """``reftkit sft``: SFT from an HF directory (or the tiny preset); writes warmup/, sft/ and sft_last/."""
+    accelerator, log, data = _stage_setup(config, out, overwrite)
+    if model_path:
+        config.model.path = model_path
+    base = base_model_dir(config, data, out)
+    tokenizer = load_tokenizer(base)
+    result = train_sft(config, load_causal_lm(base, tokenizer), tokenizer, data, out, log, accelerator)
+    plot_run(out)
+    return {
+        "warmup": str(result.warmup_dir),
+        "best": str(result.best_dir),
+        "best_epoch": result.best_epoch,
+        "val_acc": result.val_history,
+    }
+
+
+def run_reft_stage(config: RunConfig, out: Path, model_path: str, overwrite: bool = False) -> dict[str, Any]:
+    """``reftkit reft``: PPO from a warm-up HF directory; writes reft/ (best on val) and reft_last/."""
+    accelerator, log, data = _stage_setup(config, out, overwrite)
+    tokenizer = load_tokenizer(model_path)
+    result = train_reft(config, Path(model_path), tokenizer, data, out, log, accelerator)
+    plot_run(out)
+    return {"best": str(result.best_dir), "best_step": result.best_step, "val_acc": result.val_history}
+
+
+def run_eval(config: RunConfig, model_path: str, split: str) -> dict[str, Any]:
+    """``reftkit eval``: greedy accuracy of an HF directory on one split of the configured task."""
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    accelerator = make_accelerator(config.mixed_precision)
+    data = load_task(config.task)
+    problems = {"train": data.train, "val": data.val, "test": data.test}[split]
+    tokenizer = load_tokenizer(model_path)
+    with accelerator.autocast():
+        result = evaluate_greedy(
+            load_causal_lm(model_path, tokenizer).to(accelerator.device),
+            tokenizer,
+            problems,
+            config.task.cot,  # type: ignore[arg-type]
+            config.eval.max_new_tokens,
+            config.eval.batch_size,
+            config.eval.program_timeout,
+            desc=f"eval {split}",
+        )
+    return {
+        "model": model_path,
+        "split": split,
+        "n": len(problems),
+        "accuracy": result.accuracy,
+        "outcomes": result.counts,
+        "mean_length": result.mean_length,
+    }

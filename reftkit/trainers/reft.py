@@ -1,0 +1,261 @@
+"""ReFT: PPO on sampled chains of thought with the answer reward (REFERENCE.md A.3).
+
+One step: sample k CoTs for a batch of training questions, grade them, score them once with the policy
+(old log-probs, values) and the frozen warm-up model (reference log-probs), fold the k1 KL into per-token
+rewards with the score on the last action, compute GAE and whiten it globally, then run ``ppo_epochs``
+passes of clipped policy + value loss over shuffled minibatches. The maths lives in ``reftkit.ppo``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from reftkit import ppo
+from reftkit.answers import RewardTable, grade, outcome_counts
+from reftkit.config import RunConfig
+from reftkit.evaluation import evaluate_greedy
+from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
+from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts, generate, left_pad
+from reftkit.tasks.base import CoT, TaskData, prompt_text
+from reftkit.trainers.common import MetricsLog, write_atomically
+
+
+@dataclass
+class ReFTResult:
+    best_dir: Path
+    last_dir: Path
+    best_step: int
+    val_history: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Experience:
+    """One step's rollouts, scored; per-token tensors are response-aligned [N, R] (see ``reftkit.ppo``)."""
+
+    input_ids: torch.Tensor  # [N, P + R] prompt (left-padded) then response (right-padded)
+    attention_mask: torch.Tensor  # [N, P + R]
+    prompt_width: int  # P
+    responses: Responses
+    old_logp: torch.Tensor
+    old_values: torch.Tensor
+    ref_logp: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def score(
+    policy: PolicyWithValue,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    response_ids: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the response tokens and the values of the states before them, both [N, R]."""
+    logits, values = policy(input_ids, attention_mask, logits_from=prompt_width - 1)
+    return ppo.logprobs_from_logits(logits[:, :-1], response_ids), values[:, :-1]
+
+
+@torch.no_grad()
+def reference_logprobs(
+    ref: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    response_ids: torch.Tensor,
+) -> torch.Tensor:
+    logits = ref(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+    ).logits
+    return ppo.logprobs_from_logits(logits[:, prompt_width - 1 : -1], response_ids)
+
+
+def train_reft(
+    config: RunConfig,
+    warmup_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    out_dir: Path,
+    log: MetricsLog,
+    accelerator: Accelerator,
+    warmup_val_acc: float | None = None,
+    epoch_offset: float = 0.0,
+) -> ReFTResult:
+    """PPO from ``warmup_dir`` for ``reft.epochs`` epochs; keeps the best-on-validation and the last policy.
+
+    ``epoch_offset`` places the logged epochs after the warm-up's, so curves of both stages share an axis.
+    """
+    cfg = config.reft
+    cot: CoT = config.task.cot  # type: ignore[assignment]
+    value_lm = load_causal_lm(warmup_dir, tokenizer) if cfg.value_model == "separate" else None
+    policy = PolicyWithValue(load_causal_lm(warmup_dir, tokenizer), value_lm)
+    ref = load_causal_lm(warmup_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
+    table = RewardTable(partial_reward=cfg.partial_reward)
+    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
+    order_rng = torch.Generator().manual_seed(config.seed)
+    sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
+    steps_per_epoch = math.ceil(len(prompts) / cfg.questions_per_step)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    dirs = {name: out_dir / "checkpoints" / name for name in ("reft", "reft_last")}
+    result = ReFTResult(dirs["reft"], dirs["reft_last"], best_step=-1)
+    best = -1.0
+
+    def validate(step: int, known: float | None = None) -> None:
+        nonlocal best
+        if known is None:
+            with accelerator.autocast():
+                known = evaluate_greedy(
+                    accelerator.unwrap_model(policy).lm,
+                    tokenizer,
+                    data.val,
+                    cot,
+                    config.eval.max_new_tokens,
+                    config.eval.batch_size,
+                    config.eval.program_timeout,
+                ).accuracy
+        result.val_history[step] = known
+        log.write("reft_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
+        if known > best:
+            best, result.best_step = known, step
+            _save(accelerator, policy, tokenizer, dirs["reft"])
+
+    validate(0, warmup_val_acc)
+    bar = tqdm(total=total_steps, desc="reft", unit="step", dynamic_ncols=True)
+    step = 0
+    for _epoch in range(cfg.epochs):
+        order = torch.randperm(len(prompts), generator=order_rng).tolist()
+        for start in range(0, len(order), cfg.questions_per_step):
+            started = time.time()
+            questions = order[start : start + cfg.questions_per_step]
+            rows = [q for q in questions for _ in range(cfg.samples_per_question)]
+            batch = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
+            with accelerator.autocast():
+                responses = generate(
+                    accelerator.unwrap_model(policy).lm,
+                    batch,
+                    cfg.max_new_tokens,
+                    tokenizer.eos_token_id,
+                    tokenizer.pad_token_id,
+                    cfg.temperature,
+                    cfg.top_k,
+                    cfg.top_p,
+                    sample_rng,
+                )
+            graded = grade(
+                [data.train[i] for i in rows],
+                decode_responses(tokenizer, responses),
+                cot,
+                config.eval.program_timeout,
+            )
+            scores = torch.tensor([table.reward(g.outcome) for g in graded], device=accelerator.device)
+            exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
+            stats = ppo_update(policy, optimizer, exp, config, accelerator)
+            step += 1
+            counts = outcome_counts(graded)
+            mask = exp.responses.mask
+            figures = {
+                "reward": scores.mean(),
+                **{f"frac_{k}": v / len(graded) for k, v in counts.items()},
+                "kl": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k1") * mask).sum(1).mean(),  # per sequence
+                "kl_k3": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k3") * mask).sum(1).mean(),
+                "response_length": mask.sum(1).mean(),
+                "truncated": exp.responses.truncated.float().mean(),
+                "explained_variance": ppo.explained_variance(exp.old_values, exp.returns, mask),
+                "step_seconds": time.time() - started,
+                **stats,
+            }
+            log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
+            bar.update(1)
+            bar.set_postfix(reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{best:.3f}")
+            if step % cfg.eval_every == 0 or step == total_steps:
+                validate(step)
+    bar.close()
+    _save(accelerator, policy, tokenizer, dirs["reft_last"])
+    return result
+
+
+@torch.no_grad()
+def make_experience(
+    policy: PolicyWithValue,
+    ref: PreTrainedModel,
+    batch: Batch,
+    responses: Responses,
+    scores: torch.Tensor,
+    config: RunConfig,
+    accelerator: Accelerator,
+) -> Experience:
+    """Score the rollouts once and turn them into advantages and returns."""
+    cfg = config.reft
+    device = accelerator.device
+    input_ids = torch.cat([batch.ids.to(device), responses.ids], dim=1)
+    attention_mask = torch.cat([batch.mask.to(device), responses.mask.long()], dim=1)
+    width = batch.ids.size(1)
+    with accelerator.autocast():
+        old_logp, old_values = score(policy, input_ids, attention_mask, width, responses.ids)
+        ref_logp = reference_logprobs(ref, input_ids, attention_mask, width, responses.ids)
+    mask = responses.mask
+    kl = ppo.kl_penalty(old_logp, ref_logp, "k1")
+    rewards = ppo.shaped_rewards(scores, kl, mask, cfg.kl_coef)
+    advantages, returns = ppo.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        sums = accelerator.reduce(ppo.masked_sums(advantages, mask), reduction="sum")
+        advantages = ppo.whiten(advantages, mask, sums)
+    return Experience(input_ids, attention_mask, width, responses, old_logp, old_values, ref_logp, advantages, returns)
+
+
+def ppo_update(
+    policy: PolicyWithValue,
+    optimizer: torch.optim.Optimizer,
+    exp: Experience,
+    config: RunConfig,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic."""
+    cfg = config.reft
+    n = exp.input_ids.size(0)
+    totals: dict[str, float] = {}
+    updates = 0
+    for _ in range(cfg.ppo_epochs):
+        for mb in torch.randperm(n).split(cfg.minibatch_size):
+            mask = exp.responses.mask[mb]
+            with accelerator.autocast():
+                logp, values = score(
+                    policy, exp.input_ids[mb], exp.attention_mask[mb], exp.prompt_width, exp.responses.ids[mb]
+                )
+            pg_loss, pg_stats = ppo.policy_loss(logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps)
+            vf_loss, vf_stats = ppo.value_loss(values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            figures = {
+                "policy_loss": pg_loss,
+                "value_loss": vf_loss,
+                "grad_norm": grad_norm,
+                **pg_stats,
+                **vf_stats,
+            }
+            for key, value in figures.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach() if isinstance(value, torch.Tensor) else value)
+            updates += 1
+    return {key: value / updates for key, value in totals.items()}
+
+
+def _save(accelerator: Accelerator, policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    if accelerator.is_main_process:
+        write_atomically(target, lambda tmp: accelerator.unwrap_model(policy).save(tmp, tokenizer))
+    accelerator.wait_for_everyone()

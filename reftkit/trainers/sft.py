@@ -1,0 +1,157 @@
+"""Supervised fine-tuning on (question, gold CoT): the warm-up and the continued-SFT baseline.
+
+As in the reference (REFERENCE.md A.2) the warm-up is an early snapshot of one SFT run whose linear
+schedule spans the whole run; the SFT baseline is the same run continued. The loss is the token-mean
+cross-entropy over the CoT and EOS only. Checkpoints are chosen on validation, never on test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from reftkit.config import RunConfig
+from reftkit.evaluation import evaluate_greedy
+from reftkit.models import position_ids_from_mask
+from reftkit.rollout import encode_prompts
+from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text, target_text
+from reftkit.trainers.common import MetricsLog, write_atomically
+
+IGNORE = -100
+
+
+@dataclass
+class SFTResult:
+    warmup_dir: Path
+    best_dir: Path
+    last_dir: Path
+    best_epoch: int
+    val_history: dict[int, float] = field(default_factory=dict)
+
+
+def tokenize_examples(
+    tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cot: CoT
+) -> list[tuple[list[int], int]]:
+    """(prompt + target + EOS ids, prompt length) per problem; the target gets no special tokens."""
+    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in problems])
+    targets = tokenizer([target_text(p, cot) for p in problems], add_special_tokens=False)["input_ids"]
+    return [(p + t + [tokenizer.eos_token_id], len(p)) for p, t in zip(prompts, targets, strict=True)]
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask, and labels masked (-100) on prompt and padding."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (seq, n_prompt) in enumerate(examples):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+    return ids, mask, labels
+
+
+def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE
+    )
+
+
+def train_sft(
+    config: RunConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    out_dir: Path,
+    log: MetricsLog,
+    accelerator: Accelerator,
+) -> SFTResult:
+    """Train ``warmup_epochs`` + ``epochs`` epochs; snapshot the warm-up; keep the best-on-validation epoch."""
+    cfg = config.sft
+    cot: CoT = config.task.cot  # type: ignore[assignment]
+    warmup_epochs = cfg.warmup_epochs
+    total_epochs = warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
+    examples = tokenize_examples(tokenizer, data.train, cot)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    total_steps = total_epochs * steps_per_epoch
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    order_rng = torch.Generator().manual_seed(config.seed)
+
+    dirs = {name: out_dir / "checkpoints" / name for name in ("warmup", "sft", "sft_last")}
+    result = SFTResult(dirs["warmup"], dirs["sft"], dirs["sft_last"], best_epoch=-1)
+    best = -1.0
+    step = 0
+    bar = tqdm(total=total_steps, desc="sft", unit="step", dynamic_ncols=True)
+    for epoch in range(1, total_epochs + 1):
+        model.train()
+        order = torch.randperm(len(examples), generator=order_rng).tolist()
+        epoch_loss = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            ids, mask, labels = (
+                t.to(accelerator.device)
+                for t in collate([examples[i] for i in order[start : start + cfg.batch_size]], tokenizer.pad_token_id)
+            )
+            with accelerator.autocast():
+                loss = sft_loss(model, ids, mask, labels)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            epoch_loss += loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            log.write(
+                "sft",
+                step,
+                epoch=step / steps_per_epoch,
+                loss=loss.item(),
+                grad_norm=grad_norm,
+                lr=scheduler.get_last_lr()[0],
+            )
+        with accelerator.autocast():
+            val = evaluate_greedy(
+                accelerator.unwrap_model(model),
+                tokenizer,
+                data.val,
+                cot,
+                config.eval.max_new_tokens,
+                config.eval.batch_size,
+                config.eval.program_timeout,
+            )
+        result.val_history[epoch] = val.accuracy
+        log.write(
+            "sft_eval",
+            step,
+            epoch=epoch,
+            val_acc=val.accuracy,
+            val_length=val.mean_length,
+            train_loss=epoch_loss / steps_per_epoch,
+            **{f"val_{k}": v for k, v in val.counts.items()},
+        )
+        bar.set_postfix(epoch=epoch, loss=f"{epoch_loss / steps_per_epoch:.3f}", val_acc=f"{val.accuracy:.3f}")
+        unwrapped = accelerator.unwrap_model(model)
+        if epoch == warmup_epochs:
+            _save(accelerator, unwrapped, tokenizer, dirs["warmup"])
+        if epoch >= warmup_epochs and val.accuracy > best:
+            best, result.best_epoch = val.accuracy, epoch
+            _save(accelerator, unwrapped, tokenizer, dirs["sft"])
+    bar.close()
+    _save(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["sft_last"])
+    return result
+
+
+def _save(accelerator: Accelerator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    if accelerator.is_main_process:
+        write_atomically(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+    accelerator.wait_for_everyone()
