@@ -78,6 +78,8 @@ class ReFTConfig:
     questions_per_step: int = 32
     samples_per_question: int = 1
     lr: float = 3e-5
+    value_lr: float | None = None
+    """Learning rate of the value head (and separate value model); None: ``lr``, as the paper."""
     ppo_epochs: int = 2
     minibatch_size: int = 32
     kl_coef: float = 0.01
@@ -123,44 +125,22 @@ _CHOICES = {
     "mixed_precision": ("auto", "bf16", "fp16", "no"),
     "reft.value_model": ("shared", "separate"),
 }
-_POSITIVE = {
-    "task.n_train",
-    "task.n_val",
-    "task.n_test",
-    "task.max_ops",
-    "model.tiny.vocab_size",
-    "model.tiny.hidden_size",
-    "model.tiny.intermediate_size",
-    "model.tiny.num_layers",
-    "model.tiny.num_heads",
-    "model.tiny.max_positions",
-    "sft.warmup_epochs",
-    "sft.lr",
-    "sft.batch_size",
-    "reft.epochs",
-    "reft.questions_per_step",
-    "reft.samples_per_question",
-    "reft.lr",
-    "reft.ppo_epochs",
-    "reft.minibatch_size",
-    "reft.temperature",
-    "reft.max_new_tokens",
-    "reft.eval_every",
-    "eval.batch_size",
-    "eval.max_new_tokens",
-    "eval.program_timeout",
-}
-_NON_NEGATIVE = {
-    "sft.epochs",
-    "sft.weight_decay",
-    "sft.grad_clip",
-    "reft.kl_coef",
-    "reft.clip_eps",
-    "reft.value_clip",
-    "reft.vf_coef",
-    "reft.grad_clip",
-    "reft.top_k",
-}
+_POSITIVE = set(
+    """
+    task.n_train task.n_val task.n_test task.max_ops model.tiny.vocab_size model.tiny.hidden_size
+    model.tiny.intermediate_size model.tiny.num_layers model.tiny.num_heads model.tiny.max_positions
+    sft.warmup_epochs sft.lr sft.batch_size reft.epochs reft.questions_per_step
+    reft.samples_per_question reft.lr reft.ppo_epochs reft.minibatch_size reft.temperature
+    reft.max_new_tokens reft.eval_every eval.batch_size eval.max_new_tokens eval.program_timeout
+    reft.value_lr
+    """.split()
+)
+_NON_NEGATIVE = set(
+    """
+    sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip reft.vf_coef
+    reft.grad_clip reft.top_k
+    """.split()
+)
 _UNIT_INTERVAL = {"sft.lr_warmup_ratio", "reft.gamma", "reft.lam", "reft.top_p"}
 
 

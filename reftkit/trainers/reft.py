@@ -99,7 +99,9 @@ def train_reft(
     value_lm = load_causal_lm(warmup_dir, tokenizer) if cfg.value_model == "separate" else None
     policy = PolicyWithValue(load_causal_lm(warmup_dir, tokenizer), value_lm)
     ref = load_causal_lm(warmup_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+    value_params = [p for name, p in policy.named_parameters() if not name.startswith("lm.")]
+    groups = [{"params": list(policy.lm.parameters()), "lr": cfg.lr}, {"params": value_params, "lr": cfg.value_lr or cfg.lr}]
+    optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
     table = RewardTable(partial_reward=cfg.partial_reward)

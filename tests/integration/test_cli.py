@@ -1,0 +1,58 @@
+"""The ``reftkit`` command line: help everywhere, one-line errors with exit code 2, and the stages chained."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reftkit.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["sft", "--help"], ["reft", "--help"], ["eval", "--help"]]
+)
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "usage: reftkit" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "reftkit.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "reft" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--out", "{tmp}/x", "reft.lrr=1"], "reft.lrr: unknown config key; did you mean reft.lr?"),
+        (["run", "--out", "{tmp}/x", "sft.batch_size=0"], "sft.batch_size: must be > 0"),
+        (["run", "--out", "{tmp}/x", "--config", "{tmp}/missing.yaml"], "no such file"),
+        (["eval", "--model", "{tmp}"], "is not a Hugging Face model directory"),
+        (["run", "--out", "{tmp}/full"], "exists and is not empty; pass --overwrite"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "summary.json").write_text("{}")
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--preset", "micro"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "full" / "summary.json").read_text() == "{}"  # never overwritten
+
+
+def test_stages_chain_sft_reft_eval(tmp_path, capsys):
+    assert main(["sft", "--out", str(tmp_path / "sft"), "--preset", "micro"]) == 0
+    sft = json.loads(capsys.readouterr().out)
+    warmup = sft["warmup"]
+    assert main(["reft", "--model", warmup, "--out", str(tmp_path / "reft"), "--preset", "micro"]) == 0
+    reft = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--model", reft["best"], "--split", "val", "--preset", "micro"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 16 and 0.0 <= result["accuracy"] <= 1.0
+    assert sum(result["outcomes"].values()) == 16

@@ -1,0 +1,55 @@
+import pytest
+
+from reftkit.config import ConfigError, RunConfig, dump_yaml, load_config, preset_names
+
+
+def test_defaults_and_presets_load():
+    assert {"default", "micro"} <= set(preset_names())
+    for name in preset_names():
+        assert isinstance(load_config(name), RunConfig)
+
+
+def test_overrides_are_typed():
+    config = load_config("default", None, ["reft.lr=1e-4", "seed=3", "task.cot=nl", "sft.epochs=null"])
+    assert config.reft.lr == pytest.approx(1e-4) and isinstance(config.reft.lr, float)
+    assert config.seed == 3 and config.task.cot == "nl" and config.sft.epochs is None
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("reft:\n  epochs: 7\n  kl_coef: 0.05\nseed: 5\n")
+    config = load_config("default", path, ["seed=6"])
+    assert (config.reft.epochs, config.reft.kl_coef, config.seed) == (7, 0.05, 6)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config("micro", None, ["reft.lr=2e-5"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_yaml(config))
+    assert load_config(None, path) == config
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("reft.lrr=1", "reft.lrr: unknown config key; did you mean reft.lr?"),
+        ("reft.lr=fast", "reft.lr: expected float"),
+        ("sft.batch_size=-4", "sft.batch_size: must be > 0"),
+        ("task.cot=latex", "task.cot: 'latex' is not one of nl, python"),
+        ("reft.lam=1.5", "reft.lam: must be in [0, 1]"),
+        ("reft.samples_per_question=0", "reft.samples_per_question: must be > 0"),
+        ("reft.minibatch_size=4096", "reft.minibatch_size: larger than the samples of one step"),
+        ("reft=3", "reft: expected a mapping"),
+        ("seed", "write overrides as key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")):
+        load_config("default", None, [override])
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("default", tmp_path / "missing.yaml")

@@ -1,0 +1,111 @@
+"""Any HF causal LM by path: GPT-2, Llama, OPT and Qwen2 load, pad correctly, and score padded rows exactly."""
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from reftkit.config import TinyModelConfig
+from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
+from reftkit.rollout import encode_prompts, generate, left_pad
+
+SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+TEXTS = ["Question:\nTom has 5 apples. He buys 3 more.\nAnswer reasoning:\n    a = 5\n    return a + 3"] * 20
+
+
+def save_arch(tmp_path, config_cls, **kwargs):
+    tokenizer = train_tokenizer(TEXTS, 300)
+    common = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "pad_token_id": None}
+    config = config_cls(**common, **kwargs)
+    torch.manual_seed(0)
+    path = tmp_path / config_cls.__name__
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+LAYERS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+ARCHS = {
+    "llama": (LlamaConfig, {**LAYERS, "intermediate_size": 64}),
+    "gpt2": (GPT2Config, {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
+    "opt": (OPTConfig, {**LAYERS, "ffn_dim": 64, "word_embed_proj_dim": 32, "max_position_embeddings": 128}),
+    "qwen2": (Qwen2Config, {**LAYERS, "intermediate_size": 64, "num_key_value_heads": 1}),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architectures_score_left_padded_rows_exactly(tmp_path, arch):
+    config_cls, kwargs = ARCHS[arch]
+    path = save_arch(tmp_path, config_cls, **kwargs)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, tokenizer).eval()
+    policy = PolicyWithValue(model)
+    prompts = encode_prompts(tokenizer, ["Tom has 5 apples. He buys 3 more.", "Tom"])
+    batch = left_pad(prompts, tokenizer.pad_token_id)
+    logits, values = policy(batch.ids, batch.mask)
+    alone = left_pad(prompts[1:], tokenizer.pad_token_id)
+    logits_alone, _ = policy(alone.ids, alone.mask)
+    torch.testing.assert_close(logits[1, -1], logits_alone[0, -1], atol=1e-4, rtol=1e-4)
+    assert values.shape == batch.ids.shape
+    together = generate(model, batch, 6, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0)
+    single = generate(model, alone, 6, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0)
+    n = int(single.mask[0].sum())
+    assert together.ids[1, :n].tolist() == single.ids[0, :n].tolist()
+
+
+def test_missing_or_shared_pad_token_gets_a_dedicated_one(tmp_path):
+    tokenizer = train_tokenizer(TEXTS, 300)
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>", pad_token="</s>")
+    path = save_arch(
+        tmp_path, LlamaConfig, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    no_pad.save_pretrained(path)
+    loaded = load_tokenizer(path)
+    assert loaded.pad_token_id not in (loaded.eos_token_id, loaded.bos_token_id)
+    model = load_causal_lm(path, loaded)
+    assert model.get_input_embeddings().num_embeddings >= len(loaded)
+    assert model.config.pad_token_id == loaded.pad_token_id
+
+
+def test_tiny_preset_is_a_plain_hf_directory(tmp_path):
+    path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "llama"
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.decode(tokenizer(TEXTS[0])["input_ids"]) == TEXTS[0]  # byte-level BPE is lossless
+
+
+def test_policy_checkpoint_round_trip(tmp_path):
+    path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
+    tokenizer = load_tokenizer(path)
+    policy = PolicyWithValue(load_causal_lm(path, tokenizer))
+    torch.nn.init.normal_(policy.value_head.weight)
+    policy.save(tmp_path / "ckpt", tokenizer)
+    restored = PolicyWithValue(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt"))
+    assert restored.load_value_head(tmp_path / "ckpt")
+    torch.testing.assert_close(restored.value_head.weight, policy.value_head.weight)
+    for a, b in zip(restored.lm.parameters(), policy.lm.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not PolicyWithValue(policy.lm).load_value_head(path)
+
+
+def test_separate_value_model_uses_its_own_trunk(tmp_path):
+    path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
+    tokenizer = load_tokenizer(path)
+    policy = PolicyWithValue(load_causal_lm(path, tokenizer), value_lm=load_causal_lm(path, tokenizer))
+    torch.nn.init.normal_(policy.value_head.weight)
+    batch = left_pad(encode_prompts(tokenizer, ["Tom has 5"]), tokenizer.pad_token_id)
+    _, values = policy(batch.ids, batch.mask)
+    values.sum().backward()
+    assert all(p.grad is None for p in policy.lm.parameters())
+    assert any(p.grad is not None for p in policy.value_lm.parameters())
+    policy.save(tmp_path / "ckpt", tokenizer)
+    assert (tmp_path / "ckpt" / "value_model" / "config.json").is_file()
