@@ -103,7 +103,7 @@ class ReFTConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 100
+    batch_size: int = 250
     max_new_tokens: int = 128
     program_timeout: float = 2.0
 

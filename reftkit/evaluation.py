@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.answers import Graded, grade, outcome_counts
+from reftkit.config import EvalConfig
 from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
 from reftkit.tasks.base import CoT, Problem, prompt_text
 
@@ -67,13 +68,13 @@ def evaluate_greedy(
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
     cot: CoT,
-    max_new_tokens: int,
-    batch_size: int,
-    program_timeout: float = 2.0,
+    settings: EvalConfig,
     desc: str | None = None,
 ) -> EvalResult:
-    texts, lengths = sample_completions(model, tokenizer, problems, cot, max_new_tokens, batch_size, desc=desc)
-    graded = grade(problems, texts, cot, timeout=program_timeout)
+    texts, lengths = sample_completions(
+        model, tokenizer, problems, cot, settings.max_new_tokens, settings.batch_size, desc=desc
+    )
+    graded = grade(problems, texts, cot, timeout=settings.program_timeout)
     counts = outcome_counts(graded)
     return EvalResult(
         accuracy=counts["correct"] / max(len(problems), 1),

@@ -85,6 +85,8 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
     stage_seconds["reft"] = time.time() - t
 
     t = time.time()
+    last_sft_epoch = max(sft.val_history)
+    last_reft_step = max(reft.val_history)
     test = {}
     for name, path in [
         ("warmup", sft.warmup_dir),
@@ -93,15 +95,18 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         ("reft", reft.best_dir),
         ("reft_last", reft.last_dir),
     ]:
+        if (name == "sft_last" and sft.best_epoch == last_sft_epoch) or (
+            name == "reft_last" and reft.best_step == last_reft_step
+        ):
+            test[name] = test[name.removesuffix("_last")]  # the selected checkpoint is the last one
+            continue
         with accelerator.autocast():
             result = evaluate_greedy(
                 load_causal_lm(path, tokenizer).to(accelerator.device),
                 tokenizer,
                 data.test,
                 cot,
-                config.eval.max_new_tokens,
-                config.eval.batch_size,
-                config.eval.program_timeout,
+                config.eval,
                 desc=f"test {name}",
             )
         test[name] = result
@@ -114,8 +119,6 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         )
     stage_seconds["test"] = time.time() - t
 
-    last_sft_epoch = max(sft.val_history)
-    last_reft_step = max(reft.val_history)
     summary = {
         "task": data.name,
         "cot": cot,
@@ -252,9 +255,7 @@ def run_eval(config: RunConfig, model_path: str, split: str) -> dict[str, Any]:
             tokenizer,
             problems,
             config.task.cot,  # type: ignore[arg-type]
-            config.eval.max_new_tokens,
-            config.eval.batch_size,
-            config.eval.program_timeout,
+            config.eval,
             desc=f"eval {split}",
         )
     return {

@@ -100,7 +100,10 @@ def train_reft(
     policy = PolicyWithValue(load_causal_lm(warmup_dir, tokenizer), value_lm)
     ref = load_causal_lm(warmup_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
     value_params = [p for name, p in policy.named_parameters() if not name.startswith("lm.")]
-    groups = [{"params": list(policy.lm.parameters()), "lr": cfg.lr}, {"params": value_params, "lr": cfg.value_lr or cfg.lr}]
+    groups = [
+        {"params": list(policy.lm.parameters()), "lr": cfg.lr},
+        {"params": value_params, "lr": cfg.value_lr or cfg.lr},
+    ]
     optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
@@ -124,9 +127,7 @@ def train_reft(
                     tokenizer,
                     data.val,
                     cot,
-                    config.eval.max_new_tokens,
-                    config.eval.batch_size,
-                    config.eval.program_timeout,
+                    config.eval,
                 ).accuracy
         result.val_history[step] = known
         log.write("reft_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)

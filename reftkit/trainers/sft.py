@@ -125,9 +125,7 @@ def train_sft(
                 tokenizer,
                 data.val,
                 cot,
-                config.eval.max_new_tokens,
-                config.eval.batch_size,
-                config.eval.program_timeout,
+                config.eval,
             )
         result.val_history[epoch] = val.accuracy
         log.write(
