@@ -40,6 +40,14 @@ PANELS = [
 ]
 
 
+SMOOTH_FROM, SMOOTH_WINDOW = 30, 10
+
+
+def rolling_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
 def read_metrics(path: Path) -> list[dict]:
     with path.open() as fh:
         return [json.loads(line) for line in fh if line.strip()]
@@ -58,13 +66,15 @@ def plot_run(run_dir: Path) -> list[Path]:
             points = [
                 (r.get("epoch", r["step"]), r[key]) for r in records if r["stage"] == stage and r.get(key) is not None
             ]
-            if points:
+            if len(points) >= SMOOTH_FROM:  # noisy per-step series: faint raw line, bold rolling mean
+                xs, ys = zip(*points, strict=True)
+                line = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)[0]
                 ax.plot(
-                    *zip(*points, strict=True),
-                    label=label,
-                    marker="o" if len(points) < 30 else None,
-                    markersize=3,
+                    xs, rolling_mean(list(ys), SMOOTH_WINDOW), color=line.get_color(), label=f"{label} (mean of 10)"
                 )
+                drawn = True
+            elif points:
+                ax.plot(*zip(*points, strict=True), label=label, marker="o", markersize=3)
                 drawn = True
         if not drawn:
             plt.close(fig)
