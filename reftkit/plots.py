@@ -70,7 +70,10 @@ def plot_run(run_dir: Path) -> list[Path]:
                 xs, ys = zip(*points, strict=True)
                 line = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)[0]
                 ax.plot(
-                    xs, rolling_mean(list(ys), SMOOTH_WINDOW), color=line.get_color(), label=f"{label} (mean of 10)"
+                    xs,
+                    rolling_mean(list(ys), SMOOTH_WINDOW),
+                    color=line.get_color(),
+                    label=f"{label} (mean of {SMOOTH_WINDOW})",
                 )
                 drawn = True
             elif points:

@@ -45,17 +45,25 @@ def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     return build_tiny(texts, config.model.tiny, out / "checkpoints" / "base", seed=config.seed)
 
 
-def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
-    started = time.time()
+def _quiet_transformers() -> None:
+    """Our own progress bars and summary replace transformers' per-file loading bars and warnings."""
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def _stage_setup(config: RunConfig, out: Path, overwrite: bool) -> tuple[Any, MetricsLog, TaskData]:
+    """What every training command does first: run folder, resolved config, seed, accelerator, log, data."""
+    _quiet_transformers()
     prepare_run_dir(out, overwrite)
     (out / "config.yaml").write_text(dump_yaml(config))
     set_seed(config.seed)
-    accelerator = make_accelerator(config.mixed_precision)
-    log = MetricsLog(out / "metrics.jsonl", started)
+    return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), load_task(config.task)
+
+
+def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
+    accelerator, log, data = _stage_setup(config, out, overwrite)
+    started = log.start
     cot = config.task.cot
-    data = load_task(config.task)
     stage_seconds: dict[str, float] = {}
 
     t = time.time()
@@ -206,15 +214,6 @@ def command_line() -> str:
     return "reftkit " + shlex.join(sys.argv[1:])
 
 
-def _stage_setup(config: RunConfig, out: Path, overwrite: bool) -> tuple[Any, MetricsLog, TaskData]:
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    prepare_run_dir(out, overwrite)
-    (out / "config.yaml").write_text(dump_yaml(config))
-    set_seed(config.seed)
-    return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), load_task(config.task)
-
-
 def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False) -> dict[str, Any]:
     """``reftkit sft``: SFT from an HF directory (or the tiny preset); writes warmup/, sft/ and sft_last/."""
     accelerator, log, data = _stage_setup(config, out, overwrite)
@@ -243,8 +242,7 @@ def run_reft_stage(config: RunConfig, out: Path, model_path: str, overwrite: boo
 
 def run_eval(config: RunConfig, model_path: str, split: str) -> dict[str, Any]:
     """``reftkit eval``: greedy accuracy of an HF directory on one split of the configured task."""
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    _quiet_transformers()
     accelerator = make_accelerator(config.mixed_precision)
     data = load_task(config.task)
     problems = {"train": data.train, "val": data.val, "test": data.test}[split]
