@@ -13,6 +13,8 @@ from typing import Literal
 
 CoT = Literal["nl", "python"]
 COT_STYLES: tuple[str, ...] = ("nl", "python")
+AnswerType = Literal["numeric", "mcq"]
+ANSWER_TYPES: tuple[str, ...] = ("numeric", "mcq")
 
 ANSWER_TRIGGER = "\nTherefore, the answer is: "
 
@@ -85,9 +87,14 @@ def full_program(problem: Problem, completion: str) -> str:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's splits. ``test`` questions never occur in ``train`` or ``val``."""
+    """A task's splits. ``test`` questions never occur in ``train`` or ``val``.
+
+    ``answer_type`` says how answers are compared: ``numeric`` (within tolerance) or ``mcq`` (an option
+    letter; the options are written in the question as ``a ) ... , b ) ...``).
+    """
 
     name: str
     train: list[Problem]
     val: list[Problem]
     test: list[Problem]
+    answer_type: AnswerType = "numeric"
