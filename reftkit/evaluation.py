@@ -9,10 +9,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.answers import Graded, grade, outcome_counts
+from reftkit.answers import Graded, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import EvalConfig
 from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
-from reftkit.tasks.base import CoT, Problem, prompt_text
+from reftkit.tasks.base import AnswerType, CoT, Problem, prompt_text
 
 
 @dataclass
@@ -22,6 +22,7 @@ class EvalResult:
     mean_length: float
     completions: list[str]
     graded: list[Graded]
+    frac_correct_chain_disagrees: float | None = None  # MCQ only: right letter after a chain that disagrees
 
 
 def sample_completions(
@@ -70,16 +71,21 @@ def evaluate_greedy(
     cot: CoT,
     settings: EvalConfig,
     desc: str | None = None,
+    answer_type: AnswerType = "numeric",
 ) -> EvalResult:
     texts, lengths = sample_completions(
         model, tokenizer, problems, cot, settings.max_new_tokens, settings.batch_size, desc=desc
     )
-    graded = grade(problems, texts, cot, timeout=settings.program_timeout)
+    graded = grade_batch(problems, texts, cot, answer_type, timeout=settings.program_timeout)
     counts = outcome_counts(graded)
+    hacking = None
+    if answer_type == "mcq":
+        hacking = frac_correct_chain_disagrees(graded, texts, [p.question for p in problems])
     return EvalResult(
         accuracy=counts["correct"] / max(len(problems), 1),
         counts=counts,
         mean_length=sum(lengths) / max(len(lengths), 1),
         completions=texts,
         graded=graded,
+        frac_correct_chain_disagrees=hacking,
     )

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit import ppo
-from reftkit.answers import RewardTable, grade, outcome_counts
+from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import RunConfig
 from reftkit.evaluation import evaluate_greedy
 from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
@@ -128,6 +128,7 @@ def train_reft(
                     data.val,
                     cot,
                     config.eval,
+                    answer_type=data.answer_type,
                 ).accuracy
         result.val_history[step] = known
         log.write("reft_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
@@ -157,13 +158,10 @@ def train_reft(
                     cfg.top_p,
                     sample_rng,
                 )
-            graded = grade(
-                [data.train[i] for i in rows],
-                decode_responses(tokenizer, responses),
-                cot,
-                config.eval.program_timeout,
-            )
-            scores = torch.tensor([table.reward(g.outcome) for g in graded], device=accelerator.device)
+            problems = [data.train[i] for i in rows]
+            texts = decode_responses(tokenizer, responses)
+            graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
+            scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
             exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
             stats = ppo_update(policy, optimizer, exp, config, accelerator)
             step += 1
@@ -180,6 +178,10 @@ def train_reft(
                 "step_seconds": time.time() - started,
                 **stats,
             }
+            if data.answer_type == "mcq":  # MCQ reward hacking (REFERENCE.md A.4): right letter, wrong chain
+                figures["frac_correct_chain_disagrees"] = frac_correct_chain_disagrees(
+                    graded, texts, [p.question for p in problems]
+                )
             log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
             bar.update(1)
             bar.set_postfix(reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{best:.3f}")

@@ -126,6 +126,7 @@ def train_sft(
                 data.val,
                 cot,
                 config.eval,
+                answer_type=data.answer_type,
             )
         result.val_history[epoch] = val.accuracy
         log.write(

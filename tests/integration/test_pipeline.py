@@ -50,7 +50,7 @@ def test_metrics_plots_and_report(micro_run):
     reft = [r for r in records if r["stage"] == "reft"]
     assert set(reft[0]) >= REFT_FIGURES
     assert reft[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-2)  # the first PPO ratio starts at 1
-    classes = ("frac_correct", "frac_wrong", "frac_no_answer", "frac_program_error", "frac_timeout")
+    classes = ("frac_correct", "frac_wrong", "frac_no_answer", "frac_error", "frac_timeout")
     for r in reft:
         assert sum(r[c] for c in classes) == pytest.approx(1.0)
     for name in ("reward", "kl", "accuracy", "length"):
