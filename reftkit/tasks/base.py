@@ -8,6 +8,7 @@ so the model only ever writes the program body.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,8 +39,15 @@ def base_prompt(question: str) -> str:
 
 
 def program_header(question: str) -> str:
-    """The P-CoT program header the prompt ends with; the docstring repeats the question."""
-    return 'def solution():\n    """' + question.strip() + '"""\n'
+    """The P-CoT program header the prompt ends with; the docstring repeats the question.
+
+    Backslashes, triple quotes and a closing quote are escaped, so any question gives a valid program
+    (GSM8K has questions ending in a quotation mark).
+    """
+    text = question.strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    if text.endswith('"'):
+        text = text[:-1] + '\\"'
+    return 'def solution():\n    """' + text + '"""\n'
 
 
 def prompt_text(problem: Problem, cot: CoT) -> str:
@@ -98,3 +106,13 @@ class TaskData:
     val: list[Problem]
     test: list[Problem]
     answer_type: AnswerType = "numeric"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    train: list[Problem]
+    test: list[Problem]
+    counts: Counter[str]
+    """What happened to the training annotations: ``ok`` and one count per reason an item was dropped."""
+    val: list[Problem] | None = None
+    """Only where the task brings its own validation split; otherwise it is carved from train."""

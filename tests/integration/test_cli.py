@@ -3,8 +3,10 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reftkit.cli import main
 
@@ -56,3 +58,30 @@ def test_stages_chain_sft_reft_eval(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 16 and 0.0 <= result["accuracy"] <= 1.0
     assert sum(result["outcomes"].values()) == 16
+
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared datasets) is not present")
+@pytest.mark.parametrize(("task", "cot"), [("svamp", "python"), ("gsm8k", "nl")])
+def test_sft_and_reft_on_a_slice_of_a_real_dataset(task, cot, tmp_path, capsys):
+    common = ["--preset", "micro", "--data-dir", str(DATA), "--limit", "12", f"task.name={task}", f"task.cot={cot}"]
+    assert main(["sft", "--out", str(tmp_path / "sft"), *common]) == 0
+    warmup = json.loads(capsys.readouterr().out)["warmup"]
+    assert main(["reft", "--model", warmup, "--out", str(tmp_path / "reft"), *common]) == 0
+    best = json.loads(capsys.readouterr().out)["best"]
+    for path in (warmup, best):
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(path))
+    steps = [json.loads(line) for line in (tmp_path / "reft" / "metrics.jsonl").read_text().splitlines()]
+    assert any(s.get("stage") == "reft" and "frac_correct" in s for s in steps)
+
+
+def test_evaluation_only_task_refuses_training_before_writing(tmp_path, capsys):
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} is not present")
+    code = main(["sft", "--out", str(tmp_path / "run"), "--preset", "micro", "--data-dir", str(DATA), "task.name=mathqa_mcq"])
+    assert code == 2
+    assert "mathqa_mcq has no training questions here" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,83 @@
+"""GSM8K from OpenAI's original files: N-CoT from the human rationale, P-CoT derived from its calculator notes.
+
+The ReFT release lost its GSM8K training annotations (REFERENCE.md D.2). The questions and gold answers
+are exact (item ``gsm8k_N`` is line N of ``train.jsonl``); the N-CoT is the human rationale with the
+calculator annotations removed; the P-CoT is a program derived from those annotations
+(:mod:`reftkit.tasks.gsm8k_programs`), kept only if it executes to the gold answer. Deriving and running
+7,473 programs takes a while, so the verified programs are cached, keyed by the data file and the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from reftkit.answers import parse_number
+from reftkit.tasks import gsm8k_programs
+from reftkit.tasks.base import Loaded, Problem
+from reftkit.tasks.records import DataError, read_located
+from reftkit.tasks.release import read_release_file
+
+
+def load_gsm8k(data_dir: Path, cot: str) -> Loaded:
+    """Train and test; training items whose P-CoT cannot be derived are dropped and counted, never kept."""
+    train_file = data_dir / "gsm8k" / "train.jsonl"
+    rationales = read_rationales(train_file, "gsm8k_")
+    nl = [_nl_problem(p) for p in rationales]
+    if cot == "nl":
+        train, counts = nl, Counter({"ok": len(nl)})
+    else:
+        programs, counts = derived_programs(train_file, rationales)
+        train = [Problem(p.id, p.question, p.answer, prog) for p, prog in zip(nl, programs, strict=True) if prog]
+    test_set = data_dir / "gsm8k" / "test_set.json"
+    if test_set.is_file():  # the ReFT release's test file: same questions and order as test.jsonl
+        test = read_release_file(test_set, cot=cot, answer_type="numeric", id_prefix="test_")
+    else:
+        test = [_nl_problem(p, keep_cot=False) for p in read_rationales(data_dir / "gsm8k" / "test.jsonl", "test_")]
+    return Loaded(train, test, counts)
+
+
+def read_rationales(path: Path, id_prefix: str) -> list[Problem]:
+    """OpenAI GSM8K JSONL; ``Problem.answer`` holds the whole rationale until ``_nl_problem`` splits it."""
+    located, issues = read_located(path)
+    problems = []
+    for number, item in enumerate(located):
+        record = item.record if isinstance(item.record, dict) else {}
+        question, rationale = record.get("question"), record.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            issues.append(f"{item.where}: question: expected a non-empty string")
+        elif not isinstance(rationale, str) or parse_number(rationale.rpartition("####")[2]) is None:
+            issues.append(f"{item.where}: answer: expected a rationale ending in a '#### <number>' line")
+        else:
+            problems.append(Problem(f"{id_prefix}{number}", question.strip(), rationale))
+    if issues:
+        raise DataError(issues)
+    return problems
+
+
+def _nl_problem(p: Problem, keep_cot: bool = True) -> Problem:
+    chain, gold = gsm8k_programs.nl_cot_from_rationale(p.answer)
+    return Problem(p.id, p.question, gold, chain if keep_cot else None)
+
+
+def derived_programs(train_file: Path, rationales: list[Problem]) -> tuple[list[str | None], Counter[str]]:
+    """Verified P-CoT programs (None where derivation or execution failed) and the failure counts, cached."""
+    key = hashlib.sha256(train_file.read_bytes() + Path(gsm8k_programs.__file__).read_bytes()).hexdigest()[:16]
+    cache = cache_dir() / f"gsm8k-python-{key}.json"
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        return stored["programs"], Counter(stored["counts"])
+    items = [(p.question, p.answer, gsm8k_programs.nl_cot_from_rationale(p.answer)[1]) for p in rationales]
+    programs, counts = gsm8k_programs.derive_gsm8k(items)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"programs": programs, "counts": dict(counts)}))
+    tmp.replace(cache)  # atomic: a killed run never leaves half a cache file
+    return programs, Counter(counts)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REFTKIT_CACHE", Path.home() / ".cache" / "reftkit"))
