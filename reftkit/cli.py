@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="greedy accuracy of an HF model directory on a split")
     ev.add_argument("--model", required=True, help="HF model directory")
     ev.add_argument("--split", choices=("train", "val", "test"), default="test")
+    ev.add_argument("--predictions", type=Path, metavar="FILE", help="write every completion and its grade as JSONL")
     _config_args(ev)
 
     data = sub.add_parser("data", help="list, inspect and validate task data").add_subparsers(
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reft":
             print(json.dumps(pipeline.run_reft_stage(config, args.out, args.model, args.overwrite), indent=2))
         else:
-            print(json.dumps(pipeline.run_eval(config, args.model, args.split), indent=2))
+            print(json.dumps(pipeline.run_eval(config, args.model, args.split, args.predictions), indent=2))
     except ConfigError as err:
         if args.debug:
             raise

@@ -40,7 +40,8 @@ def task_stats(cfg: TaskConfig, cots: Sequence[str], tokenizer_path: str | None)
         loaded = info.load(task_cfg)
         data = load_task(task_cfg)
         out.append(f"## {data.name} / {cot}")
-        out.append(f"train {len(data.train):,} · val {len(data.val):,} · test {len(data.test):,} (answers: {data.answer_type})")
+        sizes = f"train {len(data.train):,} · val {len(data.val):,} · test {len(data.test):,}"
+        out.append(f"{sizes} (answers: {data.answer_type})")
         out.append(_annotation_line(cfg.name, cot, loaded.counts))
         if data.train:
             out.append(_length_lines(data, cot, tokenizer_path))

@@ -19,11 +19,11 @@ from accelerate.utils import set_seed
 from transformers.utils import logging as hf_logging
 
 from reftkit.config import ConfigError, RunConfig, dump_yaml
-from reftkit.evaluation import evaluate_greedy
+from reftkit.evaluation import EvalResult, evaluate_greedy
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_run
 from reftkit.tasks import load_task, require_training_data
-from reftkit.tasks.base import TaskData, prompt_text, target_text
+from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.sft import train_sft
@@ -200,6 +200,16 @@ def render_report(summary: dict[str, Any], plots: list[Path], out: Path) -> str:
     return "\n".join(text) + "\n"
 
 
+def write_predictions(path: Path, problems: list[Problem], result: EvalResult) -> None:
+    """One JSON object per problem (completion, extracted answer, outcome), to read what a model actually wrote."""
+    rows = [
+        {"id": p.id, "gold": p.answer, "outcome": g.outcome.value, "answer": g.answer, "completion": text}
+        for p, g, text in zip(problems, result.graded, result.completions, strict=True)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def _git_commit() -> str | None:
     try:
         return subprocess.run(
@@ -243,8 +253,8 @@ def run_reft_stage(config: RunConfig, out: Path, model_path: str, overwrite: boo
     return {"best": str(result.best_dir), "best_step": result.best_step, "val_acc": result.val_history}
 
 
-def run_eval(config: RunConfig, model_path: str, split: str) -> dict[str, Any]:
-    """``reftkit eval``: greedy accuracy of an HF directory on one split of the configured task."""
+def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path | None = None) -> dict[str, Any]:
+    """``reftkit eval``: greedy accuracy of an HF directory on one split; optionally every completion as JSONL."""
     _quiet_transformers()
     accelerator = make_accelerator(config.mixed_precision)
     data = load_task(config.task)
@@ -260,6 +270,8 @@ def run_eval(config: RunConfig, model_path: str, split: str) -> dict[str, Any]:
             desc=f"eval {split}",
             answer_type=data.answer_type,
         )
+    if predictions is not None:
+        write_predictions(predictions, problems, result)
     return {
         "model": model_path,
         "split": split,

@@ -81,7 +81,8 @@ def test_sft_and_reft_on_a_slice_of_a_real_dataset(task, cot, tmp_path, capsys):
 def test_evaluation_only_task_refuses_training_before_writing(tmp_path, capsys):
     if not DATA.is_dir():
         pytest.skip(f"{DATA} is not present")
-    code = main(["sft", "--out", str(tmp_path / "run"), "--preset", "micro", "--data-dir", str(DATA), "task.name=mathqa_mcq"])
+    out = str(tmp_path / "run")
+    code = main(["sft", "--out", out, "--preset", "micro", "--data-dir", str(DATA), "task.name=mathqa_mcq"])
     assert code == 2
     assert "mathqa_mcq has no training questions here" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -9,8 +9,8 @@ import pytest
 
 from reftkit.config import ConfigError, TaskConfig
 from reftkit.tasks import load_task, require_training_data
-from reftkit.tasks.base import ANSWER_TRIGGER, Problem, target_text
-from reftkit.tasks.records import DataError, canonical_answer, carve_validation
+from reftkit.tasks.base import ANSWER_TRIGGER, Problem, program_header, target_text
+from reftkit.tasks.records import DataError, Fields, canonical_answer, carve_validation, locate_rows, problems_from
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared datasets) is not present")
@@ -91,7 +91,7 @@ def test_validation_carve_depends_on_ids_not_order() -> None:
     train, val = carve_validation(problems, 5, seed=3)
     _, val_reversed = carve_validation(problems[::-1], 5, seed=3)
     assert len(train) == 45 and {p.id for p in val} == {p.id for p in val_reversed}
-    with pytest.raises(ConfigError, match="task.n_val"):
+    with pytest.raises(ConfigError, match=r"task\.n_val"):
         carve_validation(problems, 50, seed=0)
 
 
@@ -167,3 +167,23 @@ def test_python_chains_are_parsed_not_run(tmp_path: Path) -> None:
     assert [line.split(": ", 2)[1] for line in err.value.problems] == ["cot", "cot"]
     assert "must start with 'def solution():'" in err.value.problems[0]
     assert "does not parse" in err.value.problems[1]
+
+
+@pytest.mark.parametrize("question", ['How long for her "full face?"', "a \\ b", 'say """hi""" now', "plain"])
+def test_program_header_is_valid_python_for_any_question(question: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(program_header(question) + "    return 1\n", namespace)  # a fixed body: nothing model-written runs here
+    assert namespace["solution"].__doc__ == question  # type: ignore[attr-defined]
+
+
+def test_records_from_memory_and_from_a_saved_hf_dataset(tmp_path: Path) -> None:
+    rows = [{"problem": f"What is {i} * 2?", "solution": 2 * i} for i in range(12)]
+    fields = Fields(id="id", question="problem", answer="solution", cot=None)
+    problems, issues = problems_from(locate_rows(rows, "rows"), fields, cot="nl")
+    assert not issues and problems[3] == Problem("3", "What is 3 * 2?", "6", None)
+    datasets = pytest.importorskip("datasets")  # optional: only users who have it need this path
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    cfg = TaskConfig(name="jsonl", cot="nl", train_file=str(tmp_path / "ds"), n_val=2,
+                     question_field="problem", answer_field="solution")  # fmt: skip
+    data = load_task(cfg)
+    assert (len(data.train), len(data.val)) == (10, 2) and data.train[0].answer == "0"
