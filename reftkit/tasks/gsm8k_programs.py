@@ -25,6 +25,7 @@ from fractions import Fraction
 
 from reftkit.answers import answers_match
 from reftkit.sandbox import run_programs
+from reftkit.tasks.base import program_header
 
 # Failure classes. Derivation: the rationale gives nothing to build from. Verification: the program
 # does not reproduce the gold answer when run in the sandbox.
@@ -337,7 +338,7 @@ def derive_program(question: str, rationale: str) -> Derived:
     for i, tree in enumerate(linked):
         statements.append(f"{placeholders[f's{i}']} = {ast.unparse(_Renamer(placeholders).visit(tree))}")
     statements += [f"result = {names[-1]}", "return result"]
-    return Derived(_docstring_header(question) + "".join(f"    {line}\n" for line in statements), None)
+    return Derived(program_header(question) + "".join(f"    {line}\n" for line in statements), None)
 
 
 def _line_around(text: str, match: re.Match[str]) -> tuple[str, str]:
@@ -419,18 +420,6 @@ def _earlier_step(value: Fraction, steps: list[_Step], rounded_from: str = "") -
         if decimals and step.exact is not None and abs(step.exact - value) <= Fraction(1, 2 * 10**decimals):
             return f"s{i}"
     return None
-
-
-def _docstring_header(question: str) -> str:
-    """``def solution():`` and the question as docstring, as :func:`reftkit.tasks.base.program_header` writes it,
-    escaped where the question itself would end the docstring (one GSM8K question ends with a quote)."""
-    text = question.strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    if text.endswith('"'):
-        text = text[:-1] + '\\"'
-    return 'def solution():\n    """' + text + '"""\n'
-
-
-# ---- verification and the whole data set ----
 
 
 def verify(programs: Sequence[str], golds: Sequence[str], timeout: float = 2.0) -> list[str]:
