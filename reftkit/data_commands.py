@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reftkit.answers import grade_batch, outcome_counts
 from reftkit.config import ConfigError, TaskConfig
-from reftkit.tasks import TASKS, load_task, task_info
+from reftkit.tasks import TASKS, load_task, split_task, task_info
 from reftkit.tasks.base import TaskData, prompt_text, target_text
 from reftkit.tasks.records import DataError, problems_from, read_located
 
@@ -36,16 +36,15 @@ def task_stats(cfg: TaskConfig, cots: Sequence[str], tokenizer_path: str | None)
     out = []
     for cot in cots:
         task_cfg = replace(cfg, cot=cot)
-        info = task_info(cfg.name)
-        loaded = info.load(task_cfg)
-        data = load_task(task_cfg)
+        loaded = task_info(cfg.name).load(task_cfg)
+        data = split_task(task_cfg, loaded)
         out.append(f"## {data.name} / {cot}")
         sizes = f"train {len(data.train):,} · val {len(data.val):,} · test {len(data.test):,}"
         out.append(f"{sizes} (answers: {data.answer_type})")
         out.append(_annotation_line(cfg.name, cot, loaded.counts))
         if data.train:
             out.append(_length_lines(data, cot, tokenizer_path))
-            out.append(_gold_line(data, cot, cfg))
+            out.append(_gold_line(data, cot))
         out.append("")
     return "\n".join(out)
 
@@ -80,7 +79,7 @@ def _percentiles(values: list[int]) -> str:
     return f"p50 {q[49]:.0f} · p90 {q[89]:.0f} · p99 {q[98]:.0f} · max {values[-1]}"
 
 
-def _gold_line(data: TaskData, cot: str, cfg: TaskConfig) -> str:
+def _gold_line(data: TaskData, cot: str) -> str:
     """Grade the gold SFT targets through the answer module: anything short of all-correct is a data bug."""
     problems = data.train + data.val
     completions = [target_text(p, cot) for p in problems]  # type: ignore[arg-type]

@@ -25,7 +25,6 @@ class TaskInfo:
     answer_type: str
     cots: tuple[str, ...]
     load: Callable[[TaskConfig], Loaded]
-    needs_data_dir: bool = True
 
 
 def _synthetic(cfg: TaskConfig) -> Loaded:
@@ -70,7 +69,7 @@ TASKS: dict[str, TaskInfo] = {
     t.name: t
     for t in [
         TaskInfo("synthetic", "embedded multi-step arithmetic stories (generated, offline)", "numeric",
-                 ("nl", "python"), _synthetic, needs_data_dir=False),
+                 ("nl", "python"), _synthetic),
         TaskInfo("gsm8k", "GSM8K grade-school math; P-CoT derived from calculator annotations", "numeric",
                  ("nl", "python"), _gsm8k),
         TaskInfo("svamp", "SVAMP (MAWPS + ASDiv-A train, SVAMP challenge test)", "numeric", ("nl", "python"),
@@ -79,15 +78,19 @@ TASKS: dict[str, TaskInfo] = {
         TaskInfo("mathqa_numeric", "MathQA with options removed (test only here)", "numeric", ("nl", "python"),
                  _mathqa("numeric")),
         TaskInfo("jsonl", "your own JSONL / JSON / saved datasets files (task.train_file, task.test_file)",
-                 "numeric", ("nl", "python"), _user_files, needs_data_dir=False),
+                 "numeric", ("nl", "python"), _user_files),
     ]
 }  # fmt: skip
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
     """Load a task's splits: validation carved from train (or ``task.val_file``), each split cut to ``limit``."""
+    return split_task(cfg, task_info(cfg.name).load(cfg))
+
+
+def split_task(cfg: TaskConfig, loaded: Loaded) -> TaskData:
+    """The splits of what a task's loader returned (``reftkit data stats`` also needs the loader's counts)."""
     info = task_info(cfg.name)
-    loaded = info.load(cfg)
     train, val = loaded.train, loaded.val
     if val is None:
         train, val = carve_validation(train, cfg.n_val, cfg.data_seed) if train else ([], [])
@@ -143,4 +146,4 @@ def require_training_data(data: TaskData, what: str) -> None:
         raise ConfigError(f"task: problem {missing} of {data.name} has no chain of thought; SFT needs one per problem")
 
 
-__all__ = ["TASKS", "DataError", "Loaded", "TaskData", "load_task", "task_info"]
+__all__ = ["TASKS", "DataError", "Loaded", "TaskData", "load_task", "split_task", "task_info"]

@@ -30,7 +30,8 @@ def load_gsm8k(data_dir: Path, cot: str) -> Loaded:
     if cot == "nl":
         train, counts = nl, Counter({"ok": len(nl)})
     else:
-        programs, counts = derived_programs(train_file, rationales)
+        items = [(r.question, r.answer, n.answer) for r, n in zip(rationales, nl, strict=True)]
+        programs, counts = derived_programs(train_file, items)
         train = [Problem(p.id, p.question, p.answer, prog) for p, prog in zip(nl, programs, strict=True) if prog]
     test_set = data_dir / "gsm8k" / "test_set.json"
     if test_set.is_file():  # the ReFT release's test file: same questions and order as test.jsonl
@@ -63,14 +64,13 @@ def _nl_problem(p: Problem, keep_cot: bool = True) -> Problem:
     return Problem(p.id, p.question, gold, chain if keep_cot else None)
 
 
-def derived_programs(train_file: Path, rationales: list[Problem]) -> tuple[list[str | None], Counter[str]]:
-    """Verified P-CoT programs (None where derivation or execution failed) and the failure counts, cached."""
+def derived_programs(train_file: Path, items: list[tuple[str, str, str]]) -> tuple[list[str | None], Counter[str]]:
+    """Verified P-CoT programs for (question, rationale, gold) items, None where none was kept; cached."""
     key = hashlib.sha256(train_file.read_bytes() + Path(gsm8k_programs.__file__).read_bytes()).hexdigest()[:16]
     cache = cache_dir() / f"gsm8k-python-{key}.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())
         return stored["programs"], Counter(stored["counts"])
-    items = [(p.question, p.answer, gsm8k_programs.nl_cot_from_rationale(p.answer)[1]) for p in rationales]
     programs, counts = gsm8k_programs.derive_gsm8k(items)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp-{os.getpid()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ def canonical_answer(value: Any, answer_type: str = "numeric") -> str | None:
     if isinstance(value, bool):
         return None
     number = float(value) if isinstance(value, int | float) else parse_number(value) if isinstance(value, str) else None
-    if number is None or number != number or number in (float("inf"), float("-inf")):
+    if number is None or not math.isfinite(number):
         return None
     if number.is_integer() and abs(number) < 1e15:
         return str(int(number))
