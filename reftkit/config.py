@@ -55,6 +55,9 @@ class TaskConfig:
     """Keep only the first N problems of each split (a small slice for smoke runs)."""
     n_val: int = 200
     """Validation questions carved from train (seeded by ``data_seed``, stable across runs) for selection."""
+    n_heldout_test: int = 0
+    """Questions held out of train (disjoint from validation) as the test split; the task's own test split
+    is then reported beside it. For models that cannot yet be judged on a test set built to be hard (SVAMP)."""
     data_seed: int = 0
     """Seed of the validation carve and of the generated synthetic data; the run's ``seed`` drives training."""
     n_train: int = 2000
@@ -161,7 +164,8 @@ _POSITIVE = set(
 )
 _NON_NEGATIVE = set(
     """
-    sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip reft.vf_coef
+    task.n_heldout_test sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip
+    reft.vf_coef
     reft.grad_clip reft.top_k
     """.split()
 )

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
 from accelerate.utils import set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from reftkit.config import ConfigError, RunConfig, dump_yaml
@@ -23,7 +25,7 @@ from reftkit.evaluation import EvalResult, evaluate_greedy
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_run
 from reftkit.tasks import load_task, require_training_data
-from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
+from reftkit.tasks.base import AnswerType, Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.sft import train_sft
@@ -97,37 +99,23 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
     t = time.time()
     last_sft_epoch = max(sft.val_history)
     last_reft_step = max(reft.val_history)
-    test = {}
-    for name, path in [
-        ("warmup", sft.warmup_dir),
-        ("sft", sft.best_dir),
-        ("sft_last", sft.last_dir),
-        ("reft", reft.best_dir),
-        ("reft_last", reft.last_dir),
-    ]:
+    selected = {"warmup": sft.warmup_dir, "sft": sft.best_dir, "reft": reft.best_dir}
+    test: dict[str, EvalResult] = {}
+    for name, path in [*selected.items(), ("sft_last", sft.last_dir), ("reft_last", reft.last_dir)]:
         if (name == "sft_last" and sft.best_epoch == last_sft_epoch) or (
             name == "reft_last" and reft.best_step == last_reft_step
         ):
             test[name] = test[name.removesuffix("_last")]  # the selected checkpoint is the last one
             continue
-        with accelerator.autocast():
-            result = evaluate_greedy(
-                load_causal_lm(path, tokenizer).to(accelerator.device),
-                tokenizer,
-                data.test,
-                cot,
-                config.eval,
-                desc=f"test {name}",
-                answer_type=data.answer_type,
-            )
-        test[name] = result
-        log.write(
-            "test",
-            0,
-            model=name,
-            test_acc=result.accuracy,
-            **{f"test_{k}": v for k, v in result.counts.items()},
+        test[name] = _test(
+            config, load_causal_lm(path, tokenizer), tokenizer, data.test, data.answer_type, name, log, accelerator
         )
+    extra = {  # further test sets (the official one beside a held-out split): selected checkpoints only
+        (test_name, name): _test(config, load_causal_lm(path, tokenizer), tokenizer, problems, data.answer_type, name,
+                                 log, accelerator, test_name)
+        for test_name, problems in data.extra_tests.items()
+        for name, path in selected.items()
+    }  # fmt: skip
     stage_seconds["test"] = time.time() - t
 
     summary = {
@@ -138,6 +126,8 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         "wall_seconds": round(time.time() - started, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
         "epochs": {"warmup": warmup_epochs, "sft": last_sft_epoch - warmup_epochs, "reft": config.reft.epochs},
+        "test_set": data.test_name,
+        "extra_test_sets": list(data.extra_tests),
         "warmup": {
             "val_acc": sft.val_history[warmup_epochs],
             "test_acc": test["warmup"].accuracy,
@@ -156,14 +146,64 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
             "last": {"val_acc": reft.val_history[last_reft_step], "test_acc": test["reft_last"].accuracy},
         },
         "test_outcomes": {name: r.counts for name, r in test.items()},
+        "val_curves": _val_curves(log.path, warmup_epochs),
         "command": command,
         "commit": _git_commit(),
     }
+    for (test_name, name), result in extra.items():
+        summary[name][f"{test_name}_acc"] = result.accuracy
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots = plot_run(out)
     (out / "report.md").write_text(render_report(summary, plots, out))
     print(render_table(summary))
     return summary
+
+
+def _test(
+    config: RunConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    answer_type: AnswerType,
+    name: str,
+    log: MetricsLog,
+    accelerator: Accelerator,
+    test_name: str = "test",
+) -> EvalResult:
+    """Greedy accuracy of one checkpoint on one test set, logged as a ``test`` record."""
+    with accelerator.autocast():
+        result = evaluate_greedy(
+            model.to(accelerator.device),
+            tokenizer,
+            problems,
+            config.task.cot,
+            config.eval,
+            desc=f"{test_name} {name}",
+            answer_type=answer_type,
+        )
+    log.write(
+        "test",
+        0,
+        model=name,
+        test_set=test_name,
+        test_acc=result.accuracy,
+        **{f"test_{k}": v for k, v in result.counts.items()},
+    )
+    return result
+
+
+def _val_curves(metrics: Path, warmup_epochs: int) -> dict[str, list[list[float]]]:
+    """Validation accuracy against seconds of training since the warm-up snapshot, for SFT and for ReFT.
+
+    Both arms start from the warm-up, so this is the equal-time comparison of the two.
+    """
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    sft = [r for r in records if r["stage"] == "sft_eval" and r["epoch"] >= warmup_epochs]
+    reft = [r for r in records if r["stage"] == "reft_eval"]
+    return {
+        "sft": [[round(r["wall"] - sft[0]["wall"], 1), r["val_acc"]] for r in sft],
+        "reft": [[round(r["wall"] - reft[0]["wall"], 1), r["val_acc"]] for r in reft],
+    }
 
 
 def render_table(summary: dict[str, Any]) -> str:

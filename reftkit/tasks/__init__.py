@@ -91,12 +91,29 @@ def load_task(cfg: TaskConfig) -> TaskData:
 def split_task(cfg: TaskConfig, loaded: Loaded) -> TaskData:
     """The splits of what a task's loader returned (``reftkit data stats`` also needs the loader's counts)."""
     info = task_info(cfg.name)
-    train, val = loaded.train, loaded.val
-    if val is None:
-        train, val = carve_validation(train, cfg.n_val, cfg.data_seed) if train else ([], [])
+    train, val, test = loaded.train, loaded.val, loaded.test
+    heldout: list[Problem] = []
+    if train:
+        n_val = cfg.n_val if val is None else 0
+        train, carved, heldout = carve_validation(train, n_val, cfg.data_seed, cfg.n_heldout_test)
+        val = carved if val is None else val
     answer_type = cfg.answer_type if cfg.name == "jsonl" else info.answer_type
     limit = cfg.limit
-    return TaskData(cfg.name, train[:limit], val[:limit], loaded.test[:limit], answer_type)  # type: ignore[arg-type]
+    extra = {}
+    if cfg.n_heldout_test:
+        if not heldout:
+            raise ConfigError(f"task.n_heldout_test: task {cfg.name!r} has no training file to hold questions out of")
+        extra = {f"{cfg.name}_test": test[:limit]} if test else {}
+        test = heldout
+    return TaskData(
+        cfg.name,
+        train[:limit],
+        (val or [])[:limit],
+        test[:limit],
+        answer_type,  # type: ignore[arg-type]
+        test_name="heldout" if cfg.n_heldout_test else "test",
+        extra_tests=extra,
+    )
 
 
 def task_info(name: str) -> TaskInfo:

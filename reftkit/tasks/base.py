@@ -9,7 +9,7 @@ so the model only ever writes the program body.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 CoT = Literal["nl", "python"]
@@ -106,6 +106,10 @@ class TaskData:
     val: list[Problem]
     test: list[Problem]
     answer_type: AnswerType = "numeric"
+    test_name: str = "test"
+    """What ``test`` is: the task's own test split, or ``heldout`` (carved from the training file)."""
+    extra_tests: dict[str, list[Problem]] = field(default_factory=dict)
+    """Further test sets reported beside ``test``: the task's own test split when ``test`` is held out."""
 
 
 @dataclass(frozen=True)

@@ -192,14 +192,26 @@ def _chain_problems(chain: Any, cot: str) -> list[str]:
     return []
 
 
-def carve_validation(problems: Sequence[Problem], n_val: int, seed: int) -> tuple[list[Problem], list[Problem]]:
-    """Split off ``n_val`` validation problems chosen by a seeded hash of their ids.
+def carve_validation(
+    problems: Sequence[Problem], n_val: int, seed: int, n_heldout: int = 0
+) -> tuple[list[Problem], list[Problem], list[Problem]]:
+    """Split off ``n_val`` validation and then ``n_heldout`` held-out test problems, by a seeded hash of ids.
 
     Hash order, not a shuffled index: the split depends only on the ids and the seed, so it is the same
     on every machine and Python version, whatever the file order, and adding items does not reshuffle it.
+    Validation takes the first ``n_val`` in that order whatever ``n_heldout`` is, so runs with and without
+    a held-out test split select checkpoints on the same questions.
     """
-    if n_val >= len(problems):
-        raise ConfigError(f"task.n_val: {n_val} is not smaller than the {len(problems)} training problems")
+    if n_val + n_heldout >= len(problems):
+        raise ConfigError(
+            f"task.n_val + task.n_heldout_test: {n_val} + {n_heldout} is not smaller than the "
+            f"{len(problems)} training problems"
+        )
     ranked = sorted(problems, key=lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).digest())
     val_ids = {p.id for p in ranked[:n_val]}
-    return [p for p in problems if p.id not in val_ids], [p for p in problems if p.id in val_ids]
+    heldout_ids = {p.id for p in ranked[n_val : n_val + n_heldout]}
+    return (
+        [p for p in problems if p.id not in val_ids and p.id not in heldout_ids],
+        [p for p in problems if p.id in val_ids],
+        [p for p in problems if p.id in heldout_ids],
+    )

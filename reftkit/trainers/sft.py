@@ -57,6 +57,23 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.T
     return ids, mask, labels
 
 
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, generator: torch.Generator, group: int = 16
+) -> list[list[int]]:
+    """Shuffled batches of indices whose members have similar lengths, to pad (and compute) less.
+
+    Indices are shuffled, cut into groups of ``group`` batches, sorted by length inside each group and
+    batched; the batch order is then shuffled again. Every index appears exactly once per epoch.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    batches = []
+    span = batch_size * group
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     return torch.nn.functional.cross_entropy(
@@ -79,6 +96,7 @@ def train_sft(
     warmup_epochs = cfg.warmup_epochs
     total_epochs = warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
     examples = tokenize_examples(tokenizer, data.train, cot)
+    lengths = [len(ids) for ids, _ in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
     total_steps = total_epochs * steps_per_epoch
@@ -93,12 +111,10 @@ def train_sft(
     bar = tqdm(total=total_steps, desc="sft", unit="step", dynamic_ncols=True)
     for epoch in range(1, total_epochs + 1):
         model.train()
-        order = torch.randperm(len(examples), generator=order_rng).tolist()
         epoch_loss = 0.0
-        for start in range(0, len(order), cfg.batch_size):
+        for batch in length_grouped_batches(lengths, cfg.batch_size, order_rng):
             ids, mask, labels = (
-                t.to(accelerator.device)
-                for t in collate([examples[i] for i in order[start : start + cfg.batch_size]], tokenizer.pad_token_id)
+                t.to(accelerator.device) for t in collate([examples[i] for i in batch], tokenizer.pad_token_id)
             )
             with accelerator.autocast():
                 loss = sft_loss(model, ids, mask, labels)

@@ -88,11 +88,32 @@ def test_real_task_without_data_dir_says_how_to_give_one(monkeypatch: pytest.Mon
 
 def test_validation_carve_depends_on_ids_not_order() -> None:
     problems = [Problem(f"q{i}", f"question {i}", str(i)) for i in range(50)]
-    train, val = carve_validation(problems, 5, seed=3)
-    _, val_reversed = carve_validation(problems[::-1], 5, seed=3)
-    assert len(train) == 45 and {p.id for p in val} == {p.id for p in val_reversed}
+    train, val, heldout = carve_validation(problems, 5, seed=3)
+    _, val_reversed, _ = carve_validation(problems[::-1], 5, seed=3)
+    assert len(train) == 45 and heldout == [] and {p.id for p in val} == {p.id for p in val_reversed}
     with pytest.raises(ConfigError, match=r"task\.n_val"):
         carve_validation(problems, 50, seed=0)
+
+
+def test_heldout_test_is_disjoint_and_leaves_validation_unchanged() -> None:
+    problems = [Problem(f"q{i}", f"question {i}", str(i)) for i in range(50)]
+    _, val_alone, _ = carve_validation(problems, 5, seed=3)
+    train, val, heldout = carve_validation(problems, 5, seed=3, n_heldout=10)
+    assert val == val_alone and len(heldout) == 10 and len(train) == 35
+    assert not {p.id for p in heldout} & ({p.id for p in val} | {p.id for p in train})
+    with pytest.raises(ConfigError, match=r"task\.n_heldout_test"):
+        carve_validation(problems, 5, seed=0, n_heldout=45)
+
+
+def test_svamp_heldout_split_reports_the_official_test_beside_it() -> None:
+    plain = load_task(TaskConfig(name="svamp", cot="python", data_dir=str(DATA)))
+    data = load_task(TaskConfig(name="svamp", cot="python", data_dir=str(DATA), n_heldout_test=400))
+    assert (len(data.train), len(data.val), len(data.test)) == (len(plain.train) - 400, 200, 400)
+    assert data.val == plain.val and data.test_name == "heldout"
+    assert data.extra_tests == {"svamp_test": plain.test}
+    assert not {p.id for p in data.test} & {p.id for p in data.train + data.val}
+    with pytest.raises(ConfigError, match=r"task\.n_heldout_test.*no training file"):
+        load_task(TaskConfig(name="mathqa_mcq", data_dir=str(DATA), n_heldout_test=10))
 
 
 @pytest.mark.parametrize(
