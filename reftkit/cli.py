@@ -99,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, type=Path, help="HF model directory to create")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     imp.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    res = sub.add_parser("results", help="aggregate the seeds of experiments into docs/results.{json,md} + figures")
+    res.add_argument(
+        "experiments", nargs="+", type=Path, help="experiment folders, each holding one run folder per seed"
+    )
+    res.add_argument("--docs", type=Path, default=Path("docs"), help="where results.json, results.md, img/ go")
+    res.add_argument(
+        "--ablations",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RUN",
+        help="`reftkit reft` run folders, one change each from the same warm-up",
+    )
+    res.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
 
@@ -114,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "model":  # no run config involved
             return _model_command(args)
+        if args.command == "results":
+            from reftkit.results import aggregate
+
+            for entry in aggregate(args.experiments, args.docs, args.ablations):
+                print(f"{entry['experiment']}: {len(entry['seeds'])} seeds")
+            print(f"wrote {args.docs / 'results.json'} and {args.docs / 'results.md'}")
+            return 0
         config = load_config(args.preset, args.config, _overrides(args))
         for name in ("model",):
             path = getattr(args, name, None)
@@ -123,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             return _data_command(args, config)
         from reftkit import run as pipeline  # heavy imports only after the arguments are known to be good
 
-        command = pipeline.command_line()
+        command = pipeline.command_line(argv)
         if args.command == "run":
             pipeline.run_pipeline(config, args.out, args.overwrite, command)
         elif args.command == "sft":
             print(json.dumps(pipeline.run_sft_stage(config, args.out, args.model, args.overwrite), indent=2))
         elif args.command == "reft":
-            print(json.dumps(pipeline.run_reft_stage(config, args.out, args.model, args.overwrite), indent=2))
+            print(json.dumps(pipeline.run_reft_stage(config, args.out, args.model, args.overwrite, command), indent=2))
         else:
             print(json.dumps(pipeline.run_eval(config, args.model, args.split, args.predictions), indent=2))
     except ConfigError as err:

@@ -125,6 +125,8 @@ class ReFTConfig:
     max_new_tokens: int = 128
     eval_every: int = 20
     """Validation every this many PPO steps (and at the end)."""
+    max_steps: int | None = None
+    """Stop after this many PPO steps even within an epoch: equal compute across samples-per-question."""
 
 
 @dataclass
@@ -159,7 +161,7 @@ _POSITIVE = set(
     sft.warmup_epochs sft.lr sft.batch_size reft.epochs reft.questions_per_step
     reft.samples_per_question reft.lr reft.ppo_epochs reft.minibatch_size reft.temperature
     reft.max_new_tokens reft.eval_every eval.batch_size eval.max_new_tokens eval.program_timeout
-    reft.value_lr
+    reft.value_lr reft.max_steps
     """.split()
 )
 _NON_NEGATIVE = set(

@@ -263,8 +263,9 @@ def _git_commit() -> str | None:
         return None
 
 
-def command_line() -> str:
-    return "reftkit " + shlex.join(sys.argv[1:])
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed (``argv`` when called through ``cli.main(argv)``), for reports and summaries."""
+    return "reftkit " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False) -> dict[str, Any]:
@@ -284,13 +285,33 @@ def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrit
     }
 
 
-def run_reft_stage(config: RunConfig, out: Path, model_path: str, overwrite: bool = False) -> dict[str, Any]:
+def run_reft_stage(
+    config: RunConfig, out: Path, model_path: str, overwrite: bool = False, command: str | None = None
+) -> dict[str, Any]:
     """``reftkit reft``: PPO from a warm-up HF directory; writes reft/ (best on val) and reft_last/."""
     accelerator, log, data = _stage_setup(config, out, overwrite, needs="ReFT")
     tokenizer = load_tokenizer(model_path)
     result = train_reft(config, Path(model_path), tokenizer, data, out, log, accelerator)
+    best = load_causal_lm(result.best_dir, tokenizer)
+    summary: dict[str, Any] = {
+        "task": data.name,
+        "cot": config.task.cot,
+        "seed": config.seed,
+        "warmup_model": model_path,
+        "selected_step": result.best_step,
+        "steps": max(result.val_history),
+        "val_acc": result.val_history[result.best_step],
+        "test_set": data.test_name,
+        "test_acc": _test(config, best, tokenizer, data.test, data.answer_type, "reft", log, accelerator).accuracy,
+    }
+    for test_name, problems in data.extra_tests.items():
+        summary[f"{test_name}_acc"] = _test(
+            config, best, tokenizer, problems, data.answer_type, "reft", log, accelerator, test_name
+        ).accuracy
+    summary |= {"wall_seconds": round(time.time() - log.start, 1), "command": command, "commit": _git_commit()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_run(out)
-    return {"best": str(result.best_dir), "best_step": result.best_step, "val_acc": result.val_history}
+    return summary
 
 
 def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path | None = None) -> dict[str, Any]:

@@ -113,6 +113,8 @@ def train_reft(
     sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
     steps_per_epoch = math.ceil(len(prompts) / cfg.questions_per_step)
     total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
 
     dirs = {name: out_dir / "checkpoints" / name for name in ("reft", "reft_last")}
     result = ReFTResult(dirs["reft"], dirs["reft_last"], best_step=-1)
@@ -142,6 +144,8 @@ def train_reft(
     for _epoch in range(cfg.epochs):
         order = torch.randperm(len(prompts), generator=order_rng).tolist()
         for start in range(0, len(order), cfg.questions_per_step):
+            if step == total_steps:
+                break
             started = time.time()
             questions = order[start : start + cfg.questions_per_step]
             rows = [q for q in questions for _ in range(cfg.samples_per_question)]

@@ -52,12 +52,18 @@ def test_stages_chain_sft_reft_eval(tmp_path, capsys):
     assert main(["sft", "--out", str(tmp_path / "sft"), "--preset", "micro"]) == 0
     sft = json.loads(capsys.readouterr().out)
     warmup = sft["warmup"]
-    assert main(["reft", "--model", warmup, "--out", str(tmp_path / "reft"), "--preset", "micro"]) == 0
+    reft_args = ["reft", "--model", warmup, "--out", str(tmp_path / "reft"), "--preset", "micro", "reft.max_steps=1"]
+    assert main(reft_args) == 0
     reft = json.loads(capsys.readouterr().out)
-    assert main(["eval", "--model", reft["best"], "--split", "val", "--preset", "micro"]) == 0
+    assert reft["steps"] == 1 and reft["selected_step"] in (0, 1)  # max_steps stops within the epoch
+    assert json.loads((tmp_path / "reft" / "summary.json").read_text()) == reft
+    best = str(tmp_path / "reft" / "checkpoints" / "reft")
+    assert main(["eval", "--model", best, "--split", "val", "--preset", "micro"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 16 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["n"] == 16 and result["accuracy"] == reft["val_acc"]
     assert sum(result["outcomes"].values()) == 16
+    assert main(["eval", "--model", best, "--split", "test", "--preset", "micro"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == reft["test_acc"]
 
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -70,7 +76,8 @@ def test_sft_and_reft_on_a_slice_of_a_real_dataset(task, cot, tmp_path, capsys):
     assert main(["sft", "--out", str(tmp_path / "sft"), *common]) == 0
     warmup = json.loads(capsys.readouterr().out)["warmup"]
     assert main(["reft", "--model", warmup, "--out", str(tmp_path / "reft"), *common]) == 0
-    best = json.loads(capsys.readouterr().out)["best"]
+    assert 0.0 <= json.loads(capsys.readouterr().out)["test_acc"] <= 1.0
+    best = tmp_path / "reft" / "checkpoints" / "reft"
     for path in (warmup, best):
         model = AutoModelForCausalLM.from_pretrained(path)
         assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(path))
