@@ -90,4 +90,28 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         written.append(out / name)
+    summary = run_dir / "summary.json"
+    curves = json.loads(summary.read_text()).get("val_curves") if summary.is_file() else None
+    if curves:
+        written.append(plot_val_vs_time([curves], out / "val_vs_time.png", "Validation accuracy after the warm-up"))
     return written
+
+
+def plot_val_vs_time(runs: list[dict[str, list[list[float]]]], path: Path, title: str) -> Path:
+    """Validation accuracy against minutes of training since the warm-up: continued SFT and ReFT, every run."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, curves in enumerate(runs):
+        for arm, label, color in (("sft", "continued SFT", "tab:blue"), ("reft", "ReFT", "tab:red")):
+            if curves.get(arm):
+                xs, ys = zip(*curves[arm], strict=True)
+                ax.plot([x / 60 for x in xs], [100 * y for y in ys], color=color, marker="o", markersize=3,
+                        alpha=0.8, label=label if i == 0 else None)  # fmt: skip
+    ax.set_xlabel("minutes of training after the warm-up")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from reftkit.config import ConfigError
-from reftkit.plots import read_metrics, rolling_mean
+from reftkit.plots import plot_val_vs_time, read_metrics, rolling_mean
 
 ARMS = ("warmup", "sft", "reft")
 ARM_NAMES = {"warmup": "warm-up", "sft": "continued SFT", "reft": "ReFT"}
@@ -155,25 +155,9 @@ def render_markdown(entries: list[dict[str, Any]], figures: dict[str, list[str]]
 def plot_experiment(entry: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     """Validation accuracy against training time (SFT and ReFT, every seed) and the ReFT reward and KL curves."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, run_dir in enumerate(entry["run_dirs"]):
-        curves = json.loads((Path(run_dir) / "summary.json").read_text()).get("val_curves", {})
-        for arm, color in (("sft", "tab:blue"), ("reft", "tab:red")):
-            if curves.get(arm):
-                xs, ys = zip(*curves[arm], strict=True)
-                label = f"{ARM_NAMES[arm]}" if i == 0 else None
-                ax.plot([x / 60 for x in xs], [100 * y for y in ys], color=color, marker="o", markersize=3,
-                        alpha=0.8, label=label)  # fmt: skip
-    ax.set_xlabel("minutes of training after the warm-up")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{entry['task']} {entry['cot']}: validation accuracy vs training time ({len(entry['seeds'])} seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    written.append(out_dir / f"{stem}_val_vs_time.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    runs = [json.loads((Path(d) / "summary.json").read_text()).get("val_curves", {}) for d in entry["run_dirs"]]
+    title = f"{entry['task']} {entry['cot']}: validation accuracy vs training time ({len(runs)} seeds)"
+    written = [plot_val_vs_time(runs, out_dir / f"{stem}_val_vs_time.png", title)]
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for run_dir, seed in zip(entry["run_dirs"], entry["seeds"], strict=True):
@@ -256,5 +240,8 @@ def aggregate(experiment_dirs: list[Path], docs: Path, ablation_dirs: list[Path]
     if ablations:
         (docs / "ablations.json").write_text(json.dumps(ablations, indent=2) + "\n")
         markdown += "\n".join(render_ablations(ablations))
+    notes = docs / "results-notes.md"  # hand-written reading of the numbers, kept apart from the generated tables
+    if notes.is_file():
+        markdown += "\n" + notes.read_text()
     (docs / "results.md").write_text(markdown)
     return entries

@@ -212,10 +212,15 @@ def render_table(summary: dict[str, Any]) -> str:
         ("SFT (continued)", summary["sft"], f"epoch {summary['sft']['selected_epoch']}"),
         ("ReFT", summary["reft"], f"step {summary['reft']['selected_step']}"),
     ]
-    lines = ["| model | selected on val | val acc | test acc | test acc (last) |", "|---|---|---|---|---|"]
+    test_set = summary.get("test_set", "test")
+    extras = summary.get("extra_test_sets", [])
+    header = ["model", "selected on val", "val acc", f"{test_set} acc", f"{test_set} acc (last)", *extras]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s, chosen in rows:
         last = f"{100 * s['last']['test_acc']:.1f}" if "last" in s else "–"
-        lines.append(f"| {name} | {chosen} | {100 * s['val_acc']:.1f} | {100 * s['test_acc']:.1f} | {last} |")
+        cells = [name, chosen, f"{100 * s['val_acc']:.1f}", f"{100 * s['test_acc']:.1f}", last]
+        cells += [f"{100 * s[f'{extra}_acc']:.1f}" for extra in extras]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -53,7 +53,7 @@ def test_metrics_plots_and_report(micro_run):
     classes = ("frac_correct", "frac_wrong", "frac_no_answer", "frac_error", "frac_timeout")
     for r in reft:
         assert sum(r[c] for c in classes) == pytest.approx(1.0)
-    for name in ("reward", "kl", "accuracy", "length"):
+    for name in ("reward", "kl", "accuracy", "length", "val_vs_time"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| ReFT |" in report and "pytest micro" in report
