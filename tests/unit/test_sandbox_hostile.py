@@ -177,13 +177,26 @@ def _server_pids() -> set[int]:
     return {server.proc.pid for server in pool.servers} if pool is not None else set()
 
 
+def _another_jobs(process: psutil.Process) -> bool:
+    """A process under some other user process than us (another reftkit run's sandbox), not an orphan."""
+    try:
+        for parent in process.parents():
+            if parent.pid == os.getpid():
+                return False
+            if parent.pid != 1 and parent.uids().real != NOBODY:
+                return True
+    except psutil.NoSuchProcess:
+        return False
+    return False
+
+
 def _stray_processes() -> list[psutil.Process]:
-    """Our descendants and any process of uid nobody, except the pool's servers."""
+    """Our descendants and any orphaned process of uid nobody, except the pool's servers."""
     servers = _server_pids()
     candidates = {p.pid: p for p in psutil.Process().children(recursive=True)}
     for process in psutil.process_iter(["uids"]):
         uids = process.info["uids"]
-        if uids is not None and uids.real == NOBODY:
+        if uids is not None and uids.real == NOBODY and not _another_jobs(process):
             candidates[process.pid] = process
     return [p for pid, p in candidates.items() if pid not in servers and p.is_running() and p.status() != "zombie"]
 
