@@ -66,7 +66,7 @@ def _stage_setup(config: RunConfig, out: Path, overwrite: bool, needs: str) -> t
 
 def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
     accelerator, log, data = _stage_setup(config, out, overwrite, needs="SFT")
-    started = log.start
+    started, commit = log.start, _git_commit()  # the code that ran, not whatever HEAD is when it ends
     cot = config.task.cot
     stage_seconds: dict[str, float] = {}
 
@@ -148,7 +148,7 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         "test_outcomes": {name: r.counts for name, r in test.items()},
         "val_curves": _val_curves(log.path, warmup_epochs),
         "command": command,
-        "commit": _git_commit(),
+        "commit": commit,
     }
     for (test_name, name), result in extra.items():
         summary[name][f"{test_name}_acc"] = result.accuracy
