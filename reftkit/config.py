@@ -167,8 +167,7 @@ _POSITIVE = set(
 _NON_NEGATIVE = set(
     """
     task.n_heldout_test sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip
-    reft.vf_coef
-    reft.grad_clip reft.top_k
+    reft.vf_coef reft.grad_clip reft.top_k
     """.split()
 )
 _UNIT_INTERVAL = {"sft.lr_warmup_ratio", "reft.gamma", "reft.lam", "reft.top_p"}

@@ -23,9 +23,9 @@ from transformers.utils import logging as hf_logging
 from reftkit.config import ConfigError, RunConfig, dump_yaml
 from reftkit.evaluation import EvalResult, evaluate_greedy
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
-from reftkit.plots import plot_run
+from reftkit.plots import plot_run, read_metrics
 from reftkit.tasks import load_task, require_training_data
-from reftkit.tasks.base import AnswerType, Problem, TaskData, prompt_text, target_text
+from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.sft import train_sft
@@ -101,21 +101,19 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
     last_reft_step = max(reft.val_history)
     selected = {"warmup": sft.warmup_dir, "sft": sft.best_dir, "reft": reft.best_dir}
     test: dict[str, EvalResult] = {}
+    extra: dict[str, dict[str, EvalResult]] = {}  # further test sets (beside a held-out split): selected only
     for name, path in [*selected.items(), ("sft_last", sft.last_dir), ("reft_last", reft.last_dir)]:
         if (name == "sft_last" and sft.best_epoch == last_sft_epoch) or (
             name == "reft_last" and reft.best_step == last_reft_step
         ):
             test[name] = test[name.removesuffix("_last")]  # the selected checkpoint is the last one
             continue
-        test[name] = _test(
-            config, load_causal_lm(path, tokenizer), tokenizer, data.test, data.answer_type, name, log, accelerator
+        results = _test_sets(
+            config, load_causal_lm(path, tokenizer), tokenizer, data, name, log, accelerator, extras=name in selected
         )
-    extra = {  # further test sets (the official one beside a held-out split): selected checkpoints only
-        (test_name, name): _test(config, load_causal_lm(path, tokenizer), tokenizer, problems, data.answer_type, name,
-                                 log, accelerator, test_name)
-        for test_name, problems in data.extra_tests.items()
-        for name, path in selected.items()
-    }  # fmt: skip
+        test[name] = results.pop(data.test_name)
+        if name in selected:
+            extra[name] = results
     stage_seconds["test"] = time.time() - t
 
     summary = {
@@ -150,8 +148,8 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         "command": command,
         "commit": commit,
     }
-    for (test_name, name), result in extra.items():
-        summary[name][f"{test_name}_acc"] = result.accuracy
+    for name, results in extra.items():
+        summary[name] |= {f"{test_name}_acc": result.accuracy for test_name, result in results.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots = plot_run(out)
     (out / "report.md").write_text(render_report(summary, plots, out))
@@ -159,37 +157,42 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
     return summary
 
 
-def _test(
+def _test_sets(
     config: RunConfig,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem],
-    answer_type: AnswerType,
+    data: TaskData,
     name: str,
     log: MetricsLog,
     accelerator: Accelerator,
-    test_name: str = "test",
-) -> EvalResult:
-    """Greedy accuracy of one checkpoint on one test set, logged as a ``test`` record."""
-    with accelerator.autocast():
-        result = evaluate_greedy(
-            model.to(accelerator.device),
-            tokenizer,
-            problems,
-            config.task.cot,
-            config.eval,
-            desc=f"{test_name} {name}",
-            answer_type=answer_type,
+    extras: bool = True,
+) -> dict[str, EvalResult]:
+    """Greedy results of one checkpoint on the test split (keyed ``data.test_name``) and, with ``extras``, on
+    ``data.extra_tests``; each logged as a ``test`` record."""
+    sets = {data.test_name: data.test, **(data.extra_tests if extras else {})}
+    model = model.to(accelerator.device)
+    results = {}
+    for test_name, problems in sets.items():
+        with accelerator.autocast():
+            result = evaluate_greedy(
+                model,
+                tokenizer,
+                problems,
+                config.task.cot,  # type: ignore[arg-type]
+                config.eval,
+                desc=f"{test_name} {name}",
+                answer_type=data.answer_type,
+            )
+        log.write(
+            "test",
+            0,
+            model=name,
+            test_set=test_name,
+            test_acc=result.accuracy,
+            **{f"test_{k}": v for k, v in result.counts.items()},
         )
-    log.write(
-        "test",
-        0,
-        model=name,
-        test_set=test_name,
-        test_acc=result.accuracy,
-        **{f"test_{k}": v for k, v in result.counts.items()},
-    )
-    return result
+        results[test_name] = result
+    return results
 
 
 def _val_curves(metrics: Path, warmup_epochs: int) -> dict[str, list[list[float]]]:
@@ -197,7 +200,7 @@ def _val_curves(metrics: Path, warmup_epochs: int) -> dict[str, list[list[float]
 
     Both arms start from the warm-up, so this is the equal-time comparison of the two.
     """
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_metrics(metrics)
     sft = [r for r in records if r["stage"] == "sft_eval" and r["epoch"] >= warmup_epochs]
     reft = [r for r in records if r["stage"] == "reft_eval"]
     return {
@@ -297,7 +300,7 @@ def run_reft_stage(
     accelerator, log, data = _stage_setup(config, out, overwrite, needs="ReFT")
     tokenizer = load_tokenizer(model_path)
     result = train_reft(config, Path(model_path), tokenizer, data, out, log, accelerator)
-    best = load_causal_lm(result.best_dir, tokenizer)
+    tests = _test_sets(config, load_causal_lm(result.best_dir, tokenizer), tokenizer, data, "reft", log, accelerator)
     summary: dict[str, Any] = {
         "task": data.name,
         "cot": config.task.cot,
@@ -307,12 +310,9 @@ def run_reft_stage(
         "steps": max(result.val_history),
         "val_acc": result.val_history[result.best_step],
         "test_set": data.test_name,
-        "test_acc": _test(config, best, tokenizer, data.test, data.answer_type, "reft", log, accelerator).accuracy,
+        "test_acc": tests.pop(data.test_name).accuracy,
+        **{f"{test_name}_acc": r.accuracy for test_name, r in tests.items()},
     }
-    for test_name, problems in data.extra_tests.items():
-        summary[f"{test_name}_acc"] = _test(
-            config, best, tokenizer, problems, data.answer_type, "reft", log, accelerator, test_name
-        ).accuracy
     summary |= {"wall_seconds": round(time.time() - log.start, 1), "command": command, "commit": _git_commit()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_run(out)
