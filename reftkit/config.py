@@ -137,8 +137,55 @@ class EvalConfig:
 
 
 @dataclass
+class SampleConfig:
+    """Sampled chains of thought (REFERENCE.md B): one pass feeds voting, pass@k, reranking and offline ST."""
+
+    n: int = 0
+    """Samples per test question for vote@k / pass@k / rerank@k in ``reftkit run``; 0: greedy only."""
+    train_n: int = 8
+    """Samples per training question from the warm-up (offline self-training data, reward-model data)."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    """None: ``eval.max_new_tokens``."""
+    questions_per_batch: int = 32
+    """Prompts per generation batch; each is encoded once and its KV cache shared by its ``n`` samples."""
+    vote_draws: int = 20
+    """vote@k / rerank@k for k < n average this many random k-subsets of the n samples (seeded)."""
+
+
+@dataclass
+class SelfTrainingConfig:
+    """The paper's baselines (REFERENCE.md A.5) on the same footing as ReFT."""
+
+    max_per_question: int = 10
+    """Offline: unique correct samples kept per question, chosen at random; the gold CoT is added once."""
+    offline_epochs: int | None = None
+    """Offline: SFT epochs from the base model; None: as many as the SFT baseline (warm-up + continued)."""
+
+
+@dataclass
+class RewardModelConfig:
+    """Outcome reward model for best-of-N reranking (REFERENCE.md B): correctness of warm-up samples."""
+
+    enabled: bool = False
+    """Train it in ``reftkit run`` (needs ``sample.n`` > 0) and report rerank@k."""
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 32
+    lr_warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = 512
+    """Tokens per (question, completion) input; longer ones are cut from the left of the question."""
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
+    methods: str = "sft,reft"
+    """Comma-separated subset of sft, offline-st, online-st, reft for ``reftkit run``; all start from one warm-up."""
     mixed_precision: str = "auto"
     """``auto`` (bf16 where the hardware supports it), ``bf16``, ``fp16`` or ``no``."""
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -146,6 +193,9 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reft: ReFTConfig = field(default_factory=ReFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
 
 
 _CHOICES = {
@@ -161,16 +211,30 @@ _POSITIVE = set(
     sft.warmup_epochs sft.lr sft.batch_size reft.epochs reft.questions_per_step
     reft.samples_per_question reft.lr reft.ppo_epochs reft.minibatch_size reft.temperature
     reft.max_new_tokens reft.eval_every eval.batch_size eval.max_new_tokens eval.program_timeout
-    reft.value_lr reft.max_steps
+    reft.value_lr reft.max_steps sample.train_n sample.temperature sample.max_new_tokens
+    sample.questions_per_batch sample.vote_draws self_training.max_per_question self_training.offline_epochs
+    rm.epochs rm.lr rm.batch_size rm.max_length
     """.split()
 )
 _NON_NEGATIVE = set(
     """
     task.n_heldout_test sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip
-    reft.vf_coef reft.grad_clip reft.top_k
+    reft.vf_coef reft.grad_clip reft.top_k sample.n sample.top_k rm.weight_decay rm.grad_clip
     """.split()
 )
-_UNIT_INTERVAL = {"sft.lr_warmup_ratio", "reft.gamma", "reft.lam", "reft.top_p"}
+_UNIT_INTERVAL = {
+    "sft.lr_warmup_ratio", "reft.gamma", "reft.lam", "reft.top_p", "sample.top_p", "rm.lr_warmup_ratio"
+}  # fmt: skip
+METHODS = ("sft", "offline-st", "online-st", "reft")
+
+
+def method_list(methods: str) -> list[str]:
+    """The methods of ``methods`` in pipeline order; ConfigError naming any unknown one."""
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ConfigError(f"methods: {methods!r}: give a comma-separated subset of {', '.join(METHODS)}")
+    return [m for m in METHODS if m in names]
 
 
 def preset_names() -> list[str]:
@@ -244,6 +308,9 @@ def validate(config: RunConfig) -> None:
             "reft.minibatch_size: larger than the samples of one step "
             f"({config.reft.questions_per_step} questions x {config.reft.samples_per_question} samples)"
         )
+    method_list(config.methods)
+    if config.rm.enabled and not config.sample.n:
+        raise ConfigError("rm.enabled: reranking needs sampled test chains; set sample.n (e.g. sample.n=8)")
     if config.model.tiny.hidden_size % config.model.tiny.num_heads:
         raise ConfigError("model.tiny.hidden_size: must be a multiple of model.tiny.num_heads")
 

@@ -21,7 +21,12 @@ PANELS = [
     (
         "accuracy.png",
         "Validation accuracy",
-        [("sft_eval", "val_acc", "SFT (per epoch)"), ("reft_eval", "val_acc", "ReFT")],
+        [
+            ("sft_eval", "val_acc", "SFT (per epoch)"),
+            ("offline_st_eval", "val_acc", "offline self-training"),
+            ("online_st_eval", "val_acc", "online self-training"),
+            ("reft_eval", "val_acc", "ReFT"),
+        ],
     ),
     (
         "length.png",
@@ -112,6 +117,34 @@ def plot_val_vs_time(runs: list[dict[str, list[list[float]]]], path: Path, title
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_inference_curves(inference: dict, path: Path) -> Path:
+    """Test accuracy against samples per question k: vote@k (solid), rerank@k (dashed), pass@k (dotted),
+    one colour per method; greedy accuracy as a marker at k = 1."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ks = inference["k"]
+    styles = {"vote": "-", "rerank": "--", "pass": ":"}
+    for name, row in inference["methods"].items():
+        color = None
+        for metric, style in styles.items():
+            if metric in row:
+                line = ax.plot(ks, [100 * v for v in row[metric]], style, marker="o", markersize=3, color=color,
+                               label=f"{name} {metric}@k")[0]  # fmt: skip
+                color = line.get_color()
+        ax.plot([1], [100 * row["greedy"]], "*", markersize=9, color=color, label=f"{name} greedy")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("samples per question k")
+    ax.set_ylabel(f"{inference['test_set']} accuracy (%)")
+    ax.set_title("Inference-time scaling")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

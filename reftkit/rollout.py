@@ -32,6 +32,9 @@ class Responses:
     ids: torch.Tensor
     mask: torch.Tensor
     truncated: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    """[B, R] log-probability of each generated token under the model itself (temperature 1, no top-k/top-p),
+    0 on padding; only when ``generate(..., return_logprobs=True)``."""
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
@@ -78,19 +81,32 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    num_samples: int = 1,
+    return_logprobs: bool = False,
 ) -> Responses:
-    """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt."""
+    """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt.
+
+    With ``num_samples`` > 1 each prompt is encoded once and its KV cache repeated for its samples; the
+    rows of the result are prompt 0's samples, then prompt 1's, and so on.
+    """
     device = next(model.parameters()).device
     mask = prompts.mask.to(device)
     positions = position_ids_from_mask(mask)
     out = model(input_ids=prompts.ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True)
+    logits = out.logits[:, -1]
+    if num_samples > 1:
+        out.past_key_values.batch_repeat_interleave(num_samples)
+        mask, positions, logits = (t.repeat_interleave(num_samples, dim=0) for t in (mask, positions, logits))
     batch = mask.size(0)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, alive = [], []
+    tokens, alive, logps = [], [], []
     next_pos = positions[:, -1:] + 1
     for _ in range(max_new_tokens):
-        token = _pick(out.logits[:, -1], temperature, top_k, top_p, generator)
+        token = _pick(logits, temperature, top_k, top_p, generator)
         token = torch.where(done, torch.full_like(token, pad_id), token)
+        if return_logprobs:
+            logp = logits.float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+            logps.append(torch.where(done, torch.zeros_like(logp), logp))
         tokens.append(token)
         alive.append(~done)
         done = done | (token == eos_id)
@@ -104,9 +120,11 @@ def generate(
             past_key_values=out.past_key_values,
             use_cache=True,
         )
+        logits = out.logits[:, -1]
         next_pos = next_pos + 1
     ids = torch.stack(tokens, dim=1)
-    return Responses(ids=ids, mask=torch.stack(alive, dim=1).float(), truncated=~done)
+    logprobs = torch.stack(logps, dim=1) if return_logprobs else None
+    return Responses(ids=ids, mask=torch.stack(alive, dim=1).float(), truncated=~done, logprobs=logprobs)
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, responses: Responses) -> list[str]:

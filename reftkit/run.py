@@ -8,10 +8,12 @@ test split is touched once per selected (and last) checkpoint, at the end.
 from __future__ import annotations
 
 import json
+import random
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,17 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from reftkit.config import ConfigError, RunConfig, dump_yaml
-from reftkit.evaluation import EvalResult, evaluate_greedy
+from reftkit.config import ConfigError, RunConfig, dump_yaml, method_list
+from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
-from reftkit.plots import plot_run, read_metrics
+from reftkit.plots import plot_inference_curves, plot_run, read_metrics
+from reftkit.reward_model import load_reward_model, rm_examples, score_samples, train_reward_model
+from reftkit.sampling import Sample, by_question, meta_path, sample_problems, write_samples
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
 from reftkit.trainers.reft import train_reft
+from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
 
 
@@ -64,11 +69,25 @@ def _stage_setup(config: RunConfig, out: Path, overwrite: bool, needs: str) -> t
     return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), data
 
 
+@dataclass
+class Arm:
+    """One trained model of the comparison: its selected checkpoint and (where it has one) its last."""
+
+    best_dir: Path
+    chosen: str  # "epoch 18", "step 35"
+    val_acc: float
+    last_dir: Path | None = None
+    last_val_acc: float | None = None
+
+
 def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Warm-up SFT, then each of ``config.methods`` from it, then greedy (and sampled) test evaluation."""
     accelerator, log, data = _stage_setup(config, out, overwrite, needs="SFT")
     started, commit = log.start, _git_commit()  # the code that ran, not whatever HEAD is when it ends
+    methods = method_list(config.methods)
     cot = config.task.cot
     stage_seconds: dict[str, float] = {}
+    warmup_epochs = config.sft.warmup_epochs
 
     t = time.time()
     base = base_model_dir(config, data, out)
@@ -76,85 +95,204 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
     model = load_causal_lm(base, tokenizer)
     print(
         f"task {data.name}/{cot}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test; "
-        f"model {base} ({param_count(model) / 1e6:.2f}M params), mixed precision {accelerator.mixed_precision}"
+        f"model {base} ({param_count(model) / 1e6:.2f}M params), mixed precision {accelerator.mixed_precision}; "
+        f"methods {', '.join(methods)}"
     )
-    sft = train_sft(config, model, tokenizer, data, out, log, accelerator)
+    sft_config = config if "sft" in methods else replace(config, sft=replace(config.sft, epochs=0))
+    sft = train_sft(sft_config, model, tokenizer, data, out, log, accelerator)
     stage_seconds["sft"] = time.time() - t
+    warmup_val = sft.val_history[warmup_epochs]
+    arms = {"warmup": Arm(sft.warmup_dir, f"epoch {warmup_epochs}", warmup_val)}
+    if "sft" in methods:
+        arms["sft"] = _arm(sft.best_dir, sft.last_dir, "epoch", sft.best_epoch, sft.val_history)
+
+    samples_per_second: dict[str, float] = {}
+    warmup_samples: list[Sample] = []
+    if "offline-st" in methods or config.rm.enabled:  # one pass feeds offline-ST data and the RM's data
+        t = time.time()
+        warmup_samples, stats = _sample_to_file(
+            config, sft.warmup_dir, tokenizer, data, [*data.train, *data.val], config.sample.train_n,
+            out / "samples" / "warmup_train_val.jsonl", "warm-up on train+val", accelerator,
+        )  # fmt: skip
+        samples_per_second["warmup_train_val"] = stats["samples_per_second"]
+        stage_seconds["sample_train"] = time.time() - t
+    if "offline-st" in methods:
+        t = time.time()
+        st_train = offline_st_problems(
+            data.train,
+            warmup_samples,
+            cot,
+            config.self_training.max_per_question,
+            random.Random(config.seed),  # type: ignore[arg-type]
+        )
+        print(f"offline self-training: {len(st_train)} chains for {len(data.train)} questions (gold once)")
+        epochs = config.self_training.offline_epochs or max(sft.val_history)
+        offline = train_sft(
+            config, load_causal_lm(base, tokenizer), tokenizer, replace(data, train=st_train), out, log, accelerator,
+            name="offline-st", epochs=epochs,
+        )  # fmt: skip
+        arms["offline_st"] = _arm(offline.best_dir, offline.last_dir, "epoch", offline.best_epoch, offline.val_history)
+        stage_seconds["offline_st"] = time.time() - t
+    stepwise = {"online-st": train_online_st, "reft": train_reft}
+    for method in (m for m in methods if m in stepwise):
+        t = time.time()
+        result = stepwise[method](
+            config, sft.warmup_dir, tokenizer, data, out, log, accelerator,
+            warmup_val_acc=warmup_val, epoch_offset=warmup_epochs,
+        )  # fmt: skip
+        key = method.replace("-", "_")
+        arms[key] = _arm(result.best_dir, result.last_dir, "step", result.best_step, result.val_history)
+        stage_seconds[key] = time.time() - t
 
     t = time.time()
-    warmup_epochs = config.sft.warmup_epochs
-    reft = train_reft(
-        config,
-        sft.warmup_dir,
-        tokenizer,
-        data,
-        out,
-        log,
-        accelerator,
-        warmup_val_acc=sft.val_history[warmup_epochs],
-        epoch_offset=warmup_epochs,
-    )
-    stage_seconds["reft"] = time.time() - t
-
-    t = time.time()
-    last_sft_epoch = max(sft.val_history)
-    last_reft_step = max(reft.val_history)
-    selected = {"warmup": sft.warmup_dir, "sft": sft.best_dir, "reft": reft.best_dir}
     test: dict[str, EvalResult] = {}
     extra: dict[str, dict[str, EvalResult]] = {}  # further test sets (beside a held-out split): selected only
-    for name, path in [*selected.items(), ("sft_last", sft.last_dir), ("reft_last", reft.last_dir)]:
-        if (name == "sft_last" and sft.best_epoch == last_sft_epoch) or (
-            name == "reft_last" and reft.best_step == last_reft_step
-        ):
-            test[name] = test[name.removesuffix("_last")]  # the selected checkpoint is the last one
-            continue
-        results = _test_sets(
-            config, load_causal_lm(path, tokenizer), tokenizer, data, name, log, accelerator, extras=name in selected
-        )
-        test[name] = results.pop(data.test_name)
-        if name in selected:
-            extra[name] = results
+    for name, arm in arms.items():
+        for ckpt, path in ((name, arm.best_dir), (f"{name}_last", arm.last_dir)):
+            if path is None:
+                continue
+            if ckpt != name and arm.last_val_acc is None:  # the selected checkpoint is the last one
+                test[ckpt] = test[name]
+                continue
+            results = _test_sets(
+                config, load_causal_lm(path, tokenizer), tokenizer, data, ckpt, log, accelerator, extras=ckpt == name
+            )
+            test[ckpt] = results.pop(data.test_name)
+            if ckpt == name:
+                extra[name] = results
     stage_seconds["test"] = time.time() - t
 
-    summary = {
+    inference = None
+    if config.sample.n:
+        t = time.time()
+        inference = _inference(config, arms, tokenizer, data, warmup_samples, test, out, log, accelerator)
+        samples_per_second |= inference.pop("samples_per_second")
+        stage_seconds["inference"] = time.time() - t
+
+    summary: dict[str, Any] = {
         "task": data.name,
         "cot": cot,
         "seed": config.seed,
         "base_model": str(config.model.path or "tiny"),
+        "methods": methods,
         "wall_seconds": round(time.time() - started, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
-        "epochs": {"warmup": warmup_epochs, "sft": last_sft_epoch - warmup_epochs, "reft": config.reft.epochs},
+        "epochs": {"warmup": warmup_epochs, "sft": max(sft.val_history) - warmup_epochs, "reft": config.reft.epochs},
         "test_set": data.test_name,
         "extra_test_sets": list(data.extra_tests),
-        "warmup": {
-            "val_acc": sft.val_history[warmup_epochs],
-            "test_acc": test["warmup"].accuracy,
-            "epoch": warmup_epochs,
-        },
-        "sft": {
-            "val_acc": sft.val_history[sft.best_epoch],
-            "test_acc": test["sft"].accuracy,
-            "selected_epoch": sft.best_epoch,
-            "last": {"val_acc": sft.val_history[last_sft_epoch], "test_acc": test["sft_last"].accuracy},
-        },
-        "reft": {
-            "val_acc": reft.val_history[reft.best_step],
-            "test_acc": test["reft"].accuracy,
-            "selected_step": reft.best_step,
-            "last": {"val_acc": reft.val_history[last_reft_step], "test_acc": test["reft_last"].accuracy},
-        },
-        "test_outcomes": {name: r.counts for name, r in test.items()},
-        "val_curves": _val_curves(log.path, warmup_epochs),
-        "command": command,
-        "commit": commit,
     }
-    for name, results in extra.items():
-        summary[name] |= {f"{test_name}_acc": result.accuracy for test_name, result in results.items()}
+    for name, arm in arms.items():
+        entry: dict[str, Any] = {"val_acc": arm.val_acc, "test_acc": test[name].accuracy}
+        if name == "warmup":
+            entry["epoch"] = warmup_epochs
+        else:
+            unit, _, at = arm.chosen.partition(" ")
+            entry[f"selected_{unit}"] = int(at)
+            last_val = arm.val_acc if arm.last_val_acc is None else arm.last_val_acc
+            entry["last"] = {"val_acc": last_val, "test_acc": test[f"{name}_last"].accuracy}
+        summary[name] = entry | {f"{test_name}_acc": r.accuracy for test_name, r in extra[name].items()}
+    summary["test_outcomes"] = {name: r.counts for name, r in test.items()}
+    summary["val_curves"] = _val_curves(log.path, warmup_epochs)
+    if inference is not None:
+        summary["inference"] = inference
+    if samples_per_second:
+        summary["samples_per_second"] = samples_per_second
+    summary |= {"command": command, "commit": commit}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots = plot_run(out)
+    if inference is not None:
+        plots.append(plot_inference_curves(inference, out / "plots" / "inference.png"))
     (out / "report.md").write_text(render_report(summary, plots, out))
     print(render_table(summary))
+    if inference is not None:
+        print(render_inference_table(inference))
     return summary
+
+
+def _arm(best: Path, last: Path, unit: str, at: int, history: dict[int, float]) -> Arm:
+    final = max(history)
+    return Arm(best, f"{unit} {at}", history[at], last, None if at == final else history[final])
+
+
+def _sample_to_file(
+    config: RunConfig,
+    model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    problems: list[Problem],
+    n: int,
+    path: Path,
+    desc: str,
+    accelerator: Accelerator,
+) -> tuple[list[Sample], dict[str, float]]:
+    """Sample ``n`` chains per problem from ``model_dir`` and keep them as a samples file."""
+    model = load_causal_lm(model_dir, tokenizer).to(accelerator.device)
+    with accelerator.autocast():
+        samples, stats = sample_problems(
+            model, tokenizer, problems, config.task.cot, config.sample, config.eval, n,  # type: ignore[arg-type]
+            seed=config.seed, answer_type=data.answer_type, desc=desc,
+        )  # fmt: skip
+    meta = {"model": str(model_dir), "task": data.name, "cot": config.task.cot, "n": n, "seed": config.seed}
+    write_samples(path, samples, meta | {"sample": asdict(config.sample)} | stats)
+    return samples, stats
+
+
+def _inference(
+    config: RunConfig,
+    arms: dict[str, Arm],
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    warmup_samples: list[Sample],
+    test: dict[str, EvalResult],
+    out: Path,
+    log: MetricsLog,
+    accelerator: Accelerator,
+) -> dict[str, Any]:
+    """Sample every method's selected checkpoint on the test split; vote@k, pass@k and (with an RM) rerank@k."""
+    rm = None
+    info: dict[str, Any] = {"n": config.sample.n, "test_set": data.test_name}
+    if config.rm.enabled:
+        init = arms["sft"].best_dir if "sft" in arms else arms["warmup"].best_dir
+        train_ids = {p.id for p in data.train}
+        problems = {p.id: p for p in [*data.train, *data.val]}
+        try:
+            result = train_reward_model(
+                init,
+                rm_examples(problems, [s for s in warmup_samples if s.id in train_ids], config.task.cot),  # type: ignore[arg-type]
+                config.rm, out / "checkpoints" / "rm", log, accelerator, config.seed,
+                val=(problems, [s for s in warmup_samples if s.id not in train_ids]), cot=config.task.cot,  # type: ignore[arg-type]
+            )  # fmt: skip
+        except ConfigError as err:  # e.g. no correct sample at all: report voting, keep what was trained
+            print(f"reftkit: warning: no reranking: {err}", file=sys.stderr)
+            info["rm"] = {"skipped": str(err)}
+        else:
+            info["rm"] = result | {"init": str(init)}
+            rm = load_reward_model(out / "checkpoints" / "rm")
+    speeds = {}
+    info["methods"] = {}
+    test_problems = {p.id: p for p in data.test}
+    for name, arm in arms.items():
+        if name == "warmup":
+            continue
+        path = out / "samples" / f"test_{name}.jsonl"
+        samples, stats = _sample_to_file(
+            config, arm.best_dir, tokenizer, data, data.test, config.sample.n, path, f"sample test {name}", accelerator
+        )
+        speeds[f"test_{name}"] = stats["samples_per_second"]
+        if rm is not None:
+            with accelerator.autocast():
+                scores = score_samples(
+                    rm[0].to(accelerator.device), rm[1], test_problems, samples, config.task.cot,  # type: ignore[arg-type]
+                    max_length=config.rm.max_length,
+                )  # fmt: skip
+            samples = [replace(s, score=round(score, 6)) for s, score in zip(samples, scores, strict=True)]
+            write_samples(path, samples, json.loads(meta_path(path).read_text()) | {"scored_by": info["rm"]["dir"]})
+        curves = inference_curves(by_question(samples), config.sample.vote_draws, config.seed, rerank=rm is not None)
+        info["k"] = curves.pop("k")
+        info["methods"][name] = {"greedy": test[name].accuracy, **curves}
+        log.write("inference", 0, model=name, **{f"{m}@{config.sample.n}": v[-1] for m, v in curves.items()})
+    info["samples_per_second"] = speeds
+    return info
 
 
 def _test_sets(
@@ -209,17 +347,27 @@ def _val_curves(metrics: Path, warmup_epochs: int) -> dict[str, list[list[float]
     }
 
 
+ARM_NAMES = {
+    "warmup": "warm-up",
+    "sft": "SFT (continued)",
+    "offline_st": "offline self-training",
+    "online_st": "online self-training",
+    "reft": "ReFT",
+}
+
+
 def render_table(summary: dict[str, Any]) -> str:
-    rows = [
-        ("warm-up", summary["warmup"], f"epoch {summary['warmup']['epoch']}"),
-        ("SFT (continued)", summary["sft"], f"epoch {summary['sft']['selected_epoch']}"),
-        ("ReFT", summary["reft"], f"step {summary['reft']['selected_step']}"),
-    ]
+    """Greedy accuracy of every trained model: selected checkpoint, validation, test (selected and last)."""
     test_set = summary.get("test_set", "test")
     extras = summary.get("extra_test_sets", [])
     header = ["model", "selected on val", "val acc", f"{test_set} acc", f"{test_set} acc (last)", *extras]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, s, chosen in rows:
+    for key, name in ARM_NAMES.items():
+        s = summary.get(key)
+        if s is None:
+            continue
+        unit = next(u for u in ("epoch", "selected_epoch", "selected_step") if u in s)
+        chosen = f"{unit.removeprefix('selected_')} {s[unit]}"
         last = f"{100 * s['last']['test_acc']:.1f}" if "last" in s else "–"
         cells = [name, chosen, f"{100 * s['val_acc']:.1f}", f"{100 * s['test_acc']:.1f}", last]
         cells += [f"{100 * s[f'{extra}_acc']:.1f}" for extra in extras]
@@ -227,17 +375,58 @@ def render_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_inference_table(inference: dict[str, Any]) -> str:
+    """Method × greedy / vote@N / rerank@N / pass@N, then every metric along k."""
+    n, ks = inference["n"], inference["k"]
+    metrics = [m for m in ("vote", "rerank", "pass") if any(m in row for row in inference["methods"].values())]
+    header = ["method", "greedy", *(f"{m}@{n}" for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in inference["methods"].items():
+        cells = [ARM_NAMES[name], f"{100 * row['greedy']:.1f}", *(f"{100 * row[m][-1]:.1f}" for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| method | metric | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for name, row in inference["methods"].items():
+        for m in metrics:
+            lines.append(f"| {ARM_NAMES[name]} | {m}@k | " + " | ".join(f"{100 * v:.1f}" for v in row[m]) + " |")
+    return "\n".join(lines)
+
+
 def render_report(summary: dict[str, Any], plots: list[Path], out: Path) -> str:
     e = summary["epochs"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items())
+    methods = ", ".join(summary.get("methods", ["sft", "reft"]))
     text = [
         f"# reftkit run: {summary['task']} / {summary['cot']} (seed {summary['seed']})",
         "",
-        f"Base model `{summary['base_model']}`; warm-up {e['warmup']} SFT epochs, then {e['sft']} more epochs of SFT "
-        f"or {e['reft']} epochs of ReFT from the warm-up. Checkpoints selected on validation; test accuracy is greedy.",
+        f"Base model `{summary['base_model']}`; warm-up {e['warmup']} SFT epochs, then from it: {methods} "
+        f"({e['sft']} more SFT epochs; {e['reft']} epochs of ReFT / online self-training). "
+        "Checkpoints selected on validation; test accuracy is greedy.",
         "",
         render_table(summary),
         "",
+    ]
+    if "inference" in summary:
+        inf = summary["inference"]
+        rm = inf.get("rm")
+        text += [
+            f"## Sampled chains: {inf['n']} per {inf['test_set']} question",
+            "",
+            "vote@k: majority of the valid answers of k samples (ties: the answer sampled first); rerank@k: the "
+            "valid answer the reward model scores highest; pass@k: unbiased estimate. For k < n, vote and rerank "
+            "average random k-subsets.",
+            "",
+            render_inference_table(inf),
+            "",
+        ]
+        if rm and "skipped" in rm:
+            text += [f"No reranking: {rm['skipped']}", ""]
+        elif rm:
+            text += [f"Reward model `{rm['dir']}` from `{rm['init']}`: {rm['examples']} training chains "
+                     f"({rm['positives']} correct), selected epoch {rm['best_epoch']}.", ""]  # fmt: skip
+    if "samples_per_second" in summary:
+        speeds = ", ".join(f"{k} {v:.1f}" for k, v in summary["samples_per_second"].items())
+        text += [f"Sampling throughput (samples/s, grading included): {speeds}.", ""]
+    text += [
         f"Wall time {summary['wall_seconds']:.0f} s ({stages}).",
         "",
         f"Command: `{summary['command']}`  ",

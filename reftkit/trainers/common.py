@@ -8,11 +8,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from reftkit.config import RunConfig
+    from reftkit.tasks.base import TaskData
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -73,3 +80,41 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
 
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Selection:
+    """Validation history of a step-wise trainer and the step it keeps: a strictly better score replaces."""
+
+    best_step: int = -1
+    best: float = -1.0
+    history: dict[int, float] = field(default_factory=dict)
+
+    def record(self, step: int, accuracy: float) -> bool:
+        """Note ``accuracy`` at ``step``; True when it is the new best (the caller saves the checkpoint)."""
+        self.history[step] = accuracy
+        if accuracy > self.best:
+            self.best, self.best_step = accuracy, step
+            return True
+        return False
+
+
+def validation_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    config: RunConfig,
+    accelerator: Accelerator,
+) -> float:
+    """Greedy accuracy on the validation split, the figure checkpoints are selected by."""
+    from reftkit.evaluation import evaluate_greedy
+
+    with accelerator.autocast():
+        return evaluate_greedy(
+            model,
+            tokenizer,
+            data.val,
+            config.task.cot,
+            config.eval,
+            answer_type=data.answer_type,  # type: ignore[arg-type]
+        ).accuracy

@@ -21,15 +21,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from reftkit import ppo
 from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import RunConfig
-from reftkit.evaluation import evaluate_greedy
 from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
 from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts, generate, left_pad
 from reftkit.tasks.base import CoT, TaskData, prompt_text
-from reftkit.trainers.common import MetricsLog, write_atomically
+from reftkit.trainers.common import MetricsLog, Selection, validation_accuracy, write_atomically
 
 
 @dataclass
 class ReFTResult:
+    """What a step-wise trainer (ReFT, online self-training) keeps: best-on-validation and last checkpoints."""
+
     best_dir: Path
     last_dir: Path
     best_step: int
@@ -117,25 +118,13 @@ def train_reft(
         total_steps = min(total_steps, cfg.max_steps)
 
     dirs = {name: out_dir / "checkpoints" / name for name in ("reft", "reft_last")}
-    result = ReFTResult(dirs["reft"], dirs["reft_last"], best_step=-1)
-    best = -1.0
+    selection = Selection()
 
     def validate(step: int, known: float | None = None) -> None:
-        nonlocal best
         if known is None:
-            with accelerator.autocast():
-                known = evaluate_greedy(
-                    accelerator.unwrap_model(policy).lm,
-                    tokenizer,
-                    data.val,
-                    cot,
-                    config.eval,
-                    answer_type=data.answer_type,
-                ).accuracy
-        result.val_history[step] = known
+            known = validation_accuracy(accelerator.unwrap_model(policy).lm, tokenizer, data, config, accelerator)
         log.write("reft_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
-        if known > best:
-            best, result.best_step = known, step
+        if selection.record(step, known):
             _save(accelerator, policy, tokenizer, dirs["reft"])
 
     validate(0, warmup_val_acc)
@@ -188,12 +177,14 @@ def train_reft(
                 )
             log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
             bar.update(1)
-            bar.set_postfix(reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{best:.3f}")
+            bar.set_postfix(
+                reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{selection.best:.3f}"
+            )
             if step % cfg.eval_every == 0 or step == total_steps:
                 validate(step)
     bar.close()
     _save(accelerator, policy, tokenizer, dirs["reft_last"])
-    return result
+    return ReFTResult(dirs["reft"], dirs["reft_last"], selection.best_step, selection.history)
 
 
 @torch.no_grad()

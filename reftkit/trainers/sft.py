@@ -89,12 +89,25 @@ def train_sft(
     out_dir: Path,
     log: MetricsLog,
     accelerator: Accelerator,
+    name: str = "sft",
+    epochs: int | None = None,
 ) -> SFTResult:
-    """Train ``warmup_epochs`` + ``epochs`` epochs; snapshot the warm-up; keep the best-on-validation epoch."""
+    """SFT on ``data.train``; keeps the best-on-validation epoch as ``checkpoints/<name>`` and the last.
+
+    ``name="sft"`` is the warm-up run: ``warmup_epochs`` + continued epochs, a ``warmup`` snapshot, and
+    selection among the epochs from the warm-up on. Any other name (offline self-training) trains
+    ``epochs`` epochs and selects among all of them.
+    """
     cfg = config.sft
     cot: CoT = config.task.cot  # type: ignore[assignment]
-    warmup_epochs = cfg.warmup_epochs
-    total_epochs = warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
+    stage = name.replace("-", "_")
+    warmup_epochs = cfg.warmup_epochs if name == "sft" else None
+    if warmup_epochs is not None:
+        total_epochs = warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
+    elif epochs is not None:
+        total_epochs = epochs
+    else:
+        raise ValueError(f"train_sft({name!r}) needs epochs")
     examples = tokenize_examples(tokenizer, data.train, cot)
     lengths = [len(ids) for ids, _ in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -104,11 +117,11 @@ def train_sft(
     model, optimizer = accelerator.prepare(model, optimizer)
     order_rng = torch.Generator().manual_seed(config.seed)
 
-    dirs = {name: out_dir / "checkpoints" / name for name in ("warmup", "sft", "sft_last")}
-    result = SFTResult(dirs["warmup"], dirs["sft"], dirs["sft_last"], best_epoch=-1)
+    dirs = {key: out_dir / "checkpoints" / key for key in ("warmup", stage, f"{stage}_last")}
+    result = SFTResult(dirs["warmup"], dirs[stage], dirs[f"{stage}_last"], best_epoch=-1)
     best = -1.0
     step = 0
-    bar = tqdm(total=total_steps, desc="sft", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True)
     for epoch in range(1, total_epochs + 1):
         model.train()
         epoch_loss = 0.0
@@ -128,7 +141,7 @@ def train_sft(
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
             log.write(
-                "sft",
+                stage,
                 step,
                 epoch=step / steps_per_epoch,
                 loss=loss.item(),
@@ -137,16 +150,11 @@ def train_sft(
             )
         with accelerator.autocast():
             val = evaluate_greedy(
-                accelerator.unwrap_model(model),
-                tokenizer,
-                data.val,
-                cot,
-                config.eval,
-                answer_type=data.answer_type,
+                accelerator.unwrap_model(model), tokenizer, data.val, cot, config.eval, answer_type=data.answer_type
             )
         result.val_history[epoch] = val.accuracy
         log.write(
-            "sft_eval",
+            f"{stage}_eval",
             step,
             epoch=epoch,
             val_acc=val.accuracy,
@@ -157,16 +165,19 @@ def train_sft(
         bar.set_postfix(epoch=epoch, loss=f"{epoch_loss / steps_per_epoch:.3f}", val_acc=f"{val.accuracy:.3f}")
         unwrapped = accelerator.unwrap_model(model)
         if epoch == warmup_epochs:
-            _save(accelerator, unwrapped, tokenizer, dirs["warmup"])
-        if epoch >= warmup_epochs and val.accuracy > best:
+            save_model(accelerator, unwrapped, tokenizer, dirs["warmup"])
+        if epoch >= (warmup_epochs or 1) and val.accuracy > best:
             best, result.best_epoch = val.accuracy, epoch
-            _save(accelerator, unwrapped, tokenizer, dirs["sft"])
+            save_model(accelerator, unwrapped, tokenizer, dirs[stage])
     bar.close()
-    _save(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["sft_last"])
+    save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs[f"{stage}_last"])
     return result
 
 
-def _save(accelerator: Accelerator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+def save_model(
+    accelerator: Accelerator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path
+) -> None:
+    """An HF directory (weights + tokenizer), written atomically by the main process."""
     if accelerator.is_main_process:
         write_atomically(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
     accelerator.wait_for_everyone()

@@ -98,3 +98,31 @@ def test_top_k_one_is_greedy():
     greedy = generate(model, prompts, 6, EOS, PAD, temperature=0)
     topk = generate(model, prompts, 6, EOS, PAD, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(greedy.ids, topk.ids)
+
+
+def test_shared_prompt_cache_gives_the_same_samples_as_repeated_prompts():
+    """n samples from one encoded prompt = the same prompt written n times (same seed, same draws)."""
+    model = tiny_llama()
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    shared = generate(model, left_pad(prompts, PAD), 10, EOS, PAD, 1.0, generator=torch.Generator().manual_seed(3),
+                      num_samples=3, return_logprobs=True)  # fmt: skip
+    repeated = [p for p in prompts for _ in range(3)]
+    plain = generate(model, left_pad(repeated, PAD), 10, EOS, PAD, 1.0, generator=torch.Generator().manual_seed(3),
+                     return_logprobs=True)  # fmt: skip
+    assert shared.ids.tolist() == plain.ids.tolist()
+    assert torch.equal(shared.mask, plain.mask)
+    torch.testing.assert_close(shared.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+
+
+def test_logprobs_are_the_models_own_token_logprobs():
+    model = tiny_llama()
+    prompt = [5, 6, 7]
+    out = generate(model, left_pad([prompt], PAD), 6, EOS, PAD, temperature=0.7, top_k=5,
+                   generator=torch.Generator().manual_seed(0), return_logprobs=True)  # fmt: skip
+    n = int(out.mask[0].sum())
+    full = torch.tensor([prompt + out.ids[0, :n].tolist()])
+    with torch.no_grad():
+        logits = model(full).logits[0, len(prompt) - 1 : -1]
+    expected = logits.log_softmax(-1).gather(-1, full[0, len(prompt) :, None]).squeeze(-1)  # temperature 1
+    torch.testing.assert_close(out.logprobs[0, :n], expected, atol=1e-5, rtol=0)
+    assert out.logprobs[0, n:].abs().sum() == 0

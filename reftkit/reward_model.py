@@ -1,0 +1,204 @@
+"""Outcome reward model (ORM) for best-of-N reranking of sampled chains of thought (REFERENCE.md B).
+
+Voting needs several samples to agree; a reranker can pick a lone correct chain. As in the paper the
+ORM is trained on the warm-up model's own samples of *training* questions (deduplicated per question,
+labelled by correctness), initialised from the causal-LM checkpoint with a fresh 2-class head on the
+last real token, and at test time picks, among candidates with a valid answer, the highest P(correct).
+Inputs are the prompt plus the completion without EOS, cut from the left so the completion survives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
+
+from reftkit.config import ConfigError, RewardModelConfig
+from reftkit.evaluation import inference_curves
+from reftkit.models import load_tokenizer, position_ids_from_mask
+from reftkit.rollout import encode_prompts, left_pad
+from reftkit.sampling import Sample, by_question
+from reftkit.tasks.base import CoT, Problem, prompt_text
+from reftkit.trainers.common import MetricsLog
+from reftkit.trainers.sft import length_grouped_batches, save_model
+
+
+def _text(problems: dict[str, Problem], sample: Sample, cot: CoT) -> str:
+    problem = problems.get(sample.id)
+    if problem is None:
+        raise ConfigError(f"sample of question {sample.id!r}: no such question among the {len(problems)} given")
+    return prompt_text(problem, cot) + sample.completion
+
+
+def rm_examples(problems: dict[str, Problem], samples: Sequence[Sample], cot: CoT) -> list[tuple[str, int]]:
+    """(prompt + completion, 1 if correct else 0) per distinct completion of each question (first one kept)."""
+    seen: set[tuple[str, str]] = set()
+    examples = []
+    for sample in samples:
+        text = _text(problems, sample, cot)
+        if (sample.id, sample.completion) in seen:
+            continue
+        seen.add((sample.id, sample.completion))
+        examples.append((text, int(sample.correct)))
+    return examples
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids with the tokenizer's leading special tokens (e.g. BOS), cut from the left to ``max_length``."""
+    prefix = encode_prompts(tokenizer, [""])[0]
+    out = []
+    for ids in encode_prompts(tokenizer, texts):
+        if len(ids) > max_length:
+            keep = prefix if ids[: len(prefix)] == prefix and len(prefix) < max_length else []
+            ids = keep + ids[len(ids) - (max_length - len(keep)) :]
+        out.append(ids)
+    return out
+
+
+def _logits(model: PreTrainedModel, batch: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Class logits [B, 2] (float32) of left-padded rows; HF pools the last non-pad token, here the last one."""
+    padded = left_pad(batch, pad_id)
+    ids, mask = padded.ids.to(device), padded.mask.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    return out.logits.float()
+
+
+def score_samples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: dict[str, Problem],
+    samples: Sequence[Sample],
+    cot: CoT,
+    batch_size: int = 64,
+    max_length: int = 512,
+) -> list[float]:
+    """P(correct) of each sample, in input order; batches are sorted by length to pad less."""
+    encoded = encode_texts(tokenizer, [_text(problems, s, cot) for s in samples], max_length)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    scores = [0.0] * len(encoded)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            logits = _logits(model, [encoded[i] for i in rows], tokenizer.pad_token_id, device)
+            for row, p in zip(rows, logits.softmax(-1)[:, 1].tolist(), strict=True):
+                scores[row] = p
+    model.train(was_training)
+    return scores
+
+
+def load_reward_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved reward model and its tokenizer; ConfigError if ``path`` holds no model."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: no reward model there (no config.json); train one with rm.enabled")
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def train_reward_model(
+    init_dir: Path,
+    examples: list[tuple[str, int]],
+    cfg: RewardModelConfig,
+    out_dir: Path,
+    log: MetricsLog,
+    accelerator: Accelerator,
+    seed: int,
+    val: tuple[dict[str, Problem], list[Sample]] | None = None,
+    cot: CoT = "python",
+) -> dict[str, Any]:
+    """Fine-tune a 2-class classifier from ``init_dir`` on (text, label); save the best-on-val (else last) epoch.
+
+    Validation is rerank accuracy at full N on ``val``'s samples (every question needs the same N).
+    """
+    labels = sorted({label for _, label in examples})
+    if labels != [0, 1]:
+        raise ConfigError(
+            f"reward model: the {len(examples)} training samples have labels {labels}; a reranker needs both "
+            "correct and wrong samples (sample more per question, or use a stronger warm-up)"
+        )
+    tokenizer = load_tokenizer(init_dir)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the fresh classification head
+        model = AutoModelForSequenceClassification.from_pretrained(init_dir, num_labels=2, dtype=torch.float32)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    encoded = encode_texts(tokenizer, [text for text, _ in examples], cfg.max_length)
+    targets = [label for _, label in examples]
+    lengths = [len(ids) for ids in encoded]
+
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    order_rng = torch.Generator().manual_seed(seed)
+
+    best, best_epoch, step = -1.0, -1, 0
+    bar = tqdm(total=total_steps, desc="rm", unit="step", dynamic_ncols=True)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        for batch in length_grouped_batches(lengths, cfg.batch_size, order_rng):
+            y = torch.tensor([targets[i] for i in batch], device=accelerator.device)
+            with accelerator.autocast():
+                logits = _logits(model, [encoded[i] for i in batch], tokenizer.pad_token_id, accelerator.device)
+                loss = torch.nn.functional.cross_entropy(logits, y)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            acc = (logits.argmax(-1) == y).float().mean().item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+            log.write(
+                "rm",
+                step,
+                epoch=step / steps_per_epoch,
+                loss=loss.item(),
+                acc=acc,
+                grad_norm=grad_norm,
+                lr=scheduler.get_last_lr()[0],
+            )
+        unwrapped = accelerator.unwrap_model(model)
+        if val is not None:
+            problems, samples = val
+            with accelerator.autocast():
+                scores = score_samples(unwrapped, tokenizer, problems, samples, cot, cfg.batch_size, cfg.max_length)
+            scored = [replace(s, score=p) for s, p in zip(samples, scores, strict=True)]
+            curves = inference_curves(by_question(scored), rerank=True)
+            rerank_acc, vote_acc = curves["rerank"][-1], curves["vote"][-1]
+            log.write("rm_eval", step, epoch=epoch, val_rerank_acc=rerank_acc, val_vote_acc=vote_acc)
+            bar.set_postfix(epoch=epoch, val_rerank_acc=f"{rerank_acc:.3f}")
+            if rerank_acc > best:
+                best, best_epoch = rerank_acc, epoch
+                save_model(accelerator, unwrapped, tokenizer, out_dir)
+        elif epoch == cfg.epochs:
+            best_epoch = epoch
+            save_model(accelerator, unwrapped, tokenizer, out_dir)
+    bar.close()
+    return {
+        "dir": str(out_dir),
+        "best_epoch": best_epoch,
+        "val_rerank_acc": best if val is not None else None,
+        "examples": len(examples),
+        "positives": sum(targets),
+    }

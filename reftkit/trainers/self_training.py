@@ -1,0 +1,178 @@
+"""The paper's self-training baselines (REFERENCE.md A.5), on the same footing as ReFT.
+
+* **Offline self-training**: sample the warm-up model on the training questions, keep per question up to
+  ``max_per_question`` unique correct chains chosen at random plus the gold chain once (the reference kept
+  the first 10 and the gold twice), and run plain SFT on that from the base model.
+* **Online self-training**: from the warm-up, each step samples the policy like ReFT does and minimises
+  ½·CE(its correct samples) + ½·CE(the gold chains of the same questions); no value head, KL or negatives.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from reftkit.answers import Outcome, grade_batch
+from reftkit.config import RunConfig
+from reftkit.models import load_causal_lm
+from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
+from reftkit.sampling import Sample, by_question
+from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
+from reftkit.trainers.common import MetricsLog, Selection, validation_accuracy
+from reftkit.trainers.reft import ReFTResult
+from reftkit.trainers.sft import collate, save_model, sft_loss, tokenize_examples
+
+
+def chain_from_completion(problem: Problem, completion: str, cot: CoT) -> str | None:
+    """The completion as a gold-style ``Problem.cot``: a whole program for P-CoT; for N-CoT the text before
+    the answer sentence (None when it has none, since the SFT target re-appends that sentence)."""
+    if cot == "python":
+        return full_program(problem, completion)
+    head, sep, _ = completion.rpartition(ANSWER_TRIGGER)
+    return head.strip() if sep and head.strip() else None
+
+
+def offline_st_problems(
+    problems: Sequence[Problem], samples: Sequence[Sample], cot: CoT, max_per_question: int, rng: random.Random
+) -> list[Problem]:
+    """Offline self-training data: every problem once with its gold chain, then up to ``max_per_question``
+    distinct correct sampled chains of it, chosen at random; a sample identical to the gold chain is not
+    added again. The extra items get ids ``<id>#st<j>``."""
+    groups = by_question(samples)
+    data = []
+    for problem in problems:
+        data.append(problem)
+        gold = target_text(problem, cot)
+        chains = {}
+        for s in groups.get(problem.id, []):
+            chain = chain_from_completion(problem, s.completion, cot) if s.correct else None
+            if chain is not None and target_text(Problem(problem.id, "", problem.answer, chain), cot) != gold:
+                chains.setdefault(s.completion, chain)
+        chosen = rng.sample(sorted(chains), min(max_per_question, len(chains)))
+        data += [
+            Problem(f"{problem.id}#st{j}", problem.question, problem.answer, chains[c]) for j, c in enumerate(chosen)
+        ]
+    return data
+
+
+def train_online_st(
+    config: RunConfig,
+    warmup_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    out_dir: Path,
+    log: MetricsLog,
+    accelerator: Accelerator,
+    warmup_val_acc: float | None = None,
+    epoch_offset: float = 0.0,
+) -> ReFTResult:
+    """Online self-training from the warm-up with ReFT's sampling, steps, learning rate and selection."""
+    cfg = config.reft
+    cot: CoT = config.task.cot  # type: ignore[assignment]
+    model = load_causal_lm(warmup_dir, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.eval()  # no dropout, as in ReFT
+    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
+    gold = tokenize_examples(tokenizer, data.train, cot)
+    order_rng = torch.Generator().manual_seed(config.seed)
+    sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
+    steps_per_epoch = math.ceil(len(prompts) / cfg.questions_per_step)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    dirs = {name: out_dir / "checkpoints" / name for name in ("online_st", "online_st_last")}
+    selection = Selection()
+
+    def validate(step: int, known: float | None = None) -> None:
+        if known is None:
+            known = validation_accuracy(accelerator.unwrap_model(model), tokenizer, data, config, accelerator)
+        log.write("online_st_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
+        if selection.record(step, known):
+            save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st"])
+
+    validate(0, warmup_val_acc)
+    bar = tqdm(total=total_steps, desc="online-st", unit="step", dynamic_ncols=True)
+    step = 0
+    for _epoch in range(cfg.epochs):
+        order = torch.randperm(len(prompts), generator=order_rng).tolist()
+        for start in range(0, len(order), cfg.questions_per_step):
+            if step == total_steps:
+                break
+            started = time.time()
+            questions = order[start : start + cfg.questions_per_step]
+            with accelerator.autocast():
+                responses = generate(
+                    accelerator.unwrap_model(model),
+                    left_pad([prompts[i] for i in questions], tokenizer.pad_token_id),
+                    cfg.max_new_tokens,
+                    tokenizer.eos_token_id,
+                    tokenizer.pad_token_id,
+                    cfg.temperature,
+                    cfg.top_k,
+                    cfg.top_p,
+                    sample_rng,
+                    num_samples=cfg.samples_per_question,
+                )
+            rows = [q for q in questions for _ in range(cfg.samples_per_question)]
+            graded = grade_batch(
+                [data.train[i] for i in rows],
+                decode_responses(tokenizer, responses),
+                cot,
+                data.answer_type,
+                timeout=config.eval.program_timeout,
+            )
+            lengths = responses.mask.sum(1).long().tolist()
+            correct = [
+                (prompts[q] + responses.ids[j, : lengths[j]].tolist(), len(prompts[q]))
+                for j, (q, g) in enumerate(zip(rows, graded, strict=True))
+                if g.outcome == Outcome.CORRECT and not bool(responses.truncated[j])  # the EOS is part of the target
+            ]
+            losses = []
+            for _ in range(cfg.ppo_epochs):
+                loss = 0.5 * _ce(model, [gold[q] for q in questions], tokenizer, accelerator)
+                if correct:
+                    loss = loss + 0.5 * _ce(model, correct, tokenizer, accelerator)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            step += 1
+            frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
+            log.write(
+                "online_st",
+                step,
+                epoch=epoch_offset + step / steps_per_epoch,
+                frac_correct=frac_correct,
+                kept=len(correct),
+                loss=sum(losses) / len(losses),
+                response_length=responses.mask.sum(1).mean(),
+                step_seconds=time.time() - started,
+            )
+            bar.update(1)
+            bar.set_postfix(correct=f"{frac_correct:.2f}", best_val=f"{selection.best:.3f}")
+            if step % cfg.eval_every == 0 or step == total_steps:
+                validate(step)
+    bar.close()
+    save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st_last"])
+    return ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)
+
+
+def _ce(
+    model: torch.nn.Module,
+    examples: list[tuple[list[int], int]],
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+) -> torch.Tensor:
+    ids, mask, labels = (t.to(accelerator.device) for t in collate(examples, tokenizer.pad_token_id))
+    with accelerator.autocast():
+        return sft_loss(model, ids, mask, labels)
