@@ -33,6 +33,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         extra.append(f"task.data_dir={args.data_dir}")
     if getattr(args, "limit", None) is not None:
         extra.append(f"task.limit={args.limit}")
+    if getattr(args, "n", None) is not None and args.command == "sample":
+        extra.append(f"sample.n={args.n}")
     return extra + list(args.overrides)
 
 
@@ -60,11 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     reft.add_argument("--overwrite", action="store_true")
     _config_args(reft)
 
-    ev = sub.add_parser("eval", help="greedy accuracy of an HF model directory on a split")
-    ev.add_argument("--model", required=True, help="HF model directory")
+    sample = sub.add_parser("sample", help="N graded samples per question of a split, as a samples file (JSONL)")
+    sample.add_argument("--model", required=True, help="HF model directory")
+    sample.add_argument("--split", choices=("train", "val", "test"), default="test")
+    sample.add_argument("--n", type=int, metavar="N", help="samples per question (sample.n)")
+    sample.add_argument("--out", required=True, type=Path, help="samples file to write (a .meta.json goes beside it)")
+    _config_args(sample)
+
+    ev = sub.add_parser(
+        "eval", help="greedy accuracy of a model on a split, or vote@k / pass@k / rerank@k of a samples file"
+    )
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="HF model directory: greedy accuracy")
+    source.add_argument("--samples", type=Path, metavar="FILE", help="samples file (reftkit sample): curves over k")
     ev.add_argument("--split", choices=("train", "val", "test"), default="test")
     ev.add_argument("--predictions", type=Path, metavar="FILE", help="write every completion and its grade as JSONL")
+    ev.add_argument("--rm", metavar="DIR", help="with --samples: reward model (reftkit rm) for rerank@k")
+    ev.add_argument("--plot", type=Path, metavar="PNG", help="with --samples: where the curves go")
     _config_args(ev)
+
+    rm = sub.add_parser("rm", help="train an outcome reward model on a samples file of training questions")
+    rm.add_argument("--model", required=True, help="HF causal-LM directory the reward model starts from")
+    rm.add_argument("--samples", required=True, type=Path, metavar="FILE", help="samples of training questions")
+    rm.add_argument("--val-samples", type=Path, metavar="FILE", help="samples of validation questions (selection)")
+    rm.add_argument("--out", required=True, type=Path, help="HF directory to write (sequence classification)")
+    rm.add_argument("--overwrite", action="store_true")
+    _config_args(rm)
 
     data = sub.add_parser("data", help="list, inspect and validate task data").add_subparsers(
         dest="data_command", required=True
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.docs / 'results.json'} and {args.docs / 'results.md'}")
             return 0
         config = load_config(args.preset, args.config, _overrides(args))
-        for name in ("model",):
+        for name in ("model", "rm"):
             path = getattr(args, name, None)
             if path and not Path(path, "config.json").is_file():
                 raise ConfigError(f"--{name}: {path} is not a Hugging Face model directory (no config.json)")
@@ -151,7 +174,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(pipeline.run_sft_stage(config, args.out, args.model, args.overwrite), indent=2))
         elif args.command == "reft":
             print(json.dumps(pipeline.run_reft_stage(config, args.out, args.model, args.overwrite, command), indent=2))
+        elif args.command == "sample":
+            print(json.dumps(pipeline.run_sample(config, args.model, args.split, args.out), indent=2))
+        elif args.command == "rm":
+            result = pipeline.run_reward_model(
+                config, args.model, args.samples, args.out, args.val_samples, args.overwrite
+            )
+            print(json.dumps(result, indent=2))
+        elif args.samples is not None:
+            result = pipeline.run_eval_samples(config, args.samples, args.rm, args.plot)
+            table = result.pop("table")
+            print(json.dumps(result, indent=2))
+            print(table)
         else:
+            if args.rm or args.plot:
+                raise ConfigError("--rm and --plot go with --samples")
             print(json.dumps(pipeline.run_eval(config, args.model, args.split, args.predictions), indent=2))
     except ConfigError as err:
         if args.debug:

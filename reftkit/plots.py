@@ -124,7 +124,7 @@ def plot_val_vs_time(runs: list[dict[str, list[list[float]]]], path: Path, title
 
 def plot_inference_curves(inference: dict, path: Path) -> Path:
     """Test accuracy against samples per question k: vote@k (solid), rerank@k (dashed), pass@k (dotted),
-    one colour per method; greedy accuracy as a marker at k = 1."""
+    one colour per method; greedy accuracy (where known) as a star at k = 1."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ks = inference["k"]
     styles = {"vote": "-", "rerank": "--", "pass": ":"}
@@ -135,7 +135,8 @@ def plot_inference_curves(inference: dict, path: Path) -> Path:
                 line = ax.plot(ks, [100 * v for v in row[metric]], style, marker="o", markersize=3, color=color,
                                label=f"{name} {metric}@k")[0]  # fmt: skip
                 color = line.get_color()
-        ax.plot([1], [100 * row["greedy"]], "*", markersize=9, color=color, label=f"{name} greedy")
+        if "greedy" in row:
+            ax.plot([1], [100 * row["greedy"]], "*", markersize=9, color=color, label=f"{name} greedy")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("samples per question k")

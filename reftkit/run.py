@@ -27,7 +27,7 @@ from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
 from reftkit.reward_model import load_reward_model, rm_examples, score_samples, train_reward_model
-from reftkit.sampling import Sample, by_question, meta_path, sample_problems, write_samples
+from reftkit.sampling import Sample, by_question, meta_path, read_samples, sample_problems, write_samples
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
@@ -112,7 +112,7 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         t = time.time()
         warmup_samples, stats = _sample_to_file(
             config, sft.warmup_dir, tokenizer, data, [*data.train, *data.val], config.sample.train_n,
-            out / "samples" / "warmup_train_val.jsonl", "warm-up on train+val", accelerator,
+            out / "samples" / "warmup_train_val.jsonl", "train+val", accelerator,
         )  # fmt: skip
         samples_per_second["warmup_train_val"] = stats["samples_per_second"]
         stage_seconds["sample_train"] = time.time() - t
@@ -222,7 +222,7 @@ def _sample_to_file(
     problems: list[Problem],
     n: int,
     path: Path,
-    desc: str,
+    split: str,
     accelerator: Accelerator,
 ) -> tuple[list[Sample], dict[str, float]]:
     """Sample ``n`` chains per problem from ``model_dir`` and keep them as a samples file."""
@@ -230,9 +230,10 @@ def _sample_to_file(
     with accelerator.autocast():
         samples, stats = sample_problems(
             model, tokenizer, problems, config.task.cot, config.sample, config.eval, n,  # type: ignore[arg-type]
-            seed=config.seed, answer_type=data.answer_type, desc=desc,
+            seed=config.seed, answer_type=data.answer_type, desc=f"sample {split} ({model_dir.name})",
         )  # fmt: skip
-    meta = {"model": str(model_dir), "task": data.name, "cot": config.task.cot, "n": n, "seed": config.seed}
+    meta = {"model": str(model_dir), "task": data.name, "split": split, "cot": config.task.cot, "n": n}
+    meta["seed"] = config.seed
     write_samples(path, samples, meta | {"sample": asdict(config.sample)} | stats)
     return samples, stats
 
@@ -276,7 +277,7 @@ def _inference(
             continue
         path = out / "samples" / f"test_{name}.jsonl"
         samples, stats = _sample_to_file(
-            config, arm.best_dir, tokenizer, data, data.test, config.sample.n, path, f"sample test {name}", accelerator
+            config, arm.best_dir, tokenizer, data, data.test, config.sample.n, path, data.test_name, accelerator
         )
         speeds[f"test_{name}"] = stats["samples_per_second"]
         if rm is not None:
@@ -382,12 +383,13 @@ def render_inference_table(inference: dict[str, Any]) -> str:
     header = ["method", "greedy", *(f"{m}@{n}" for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in inference["methods"].items():
-        cells = [ARM_NAMES[name], f"{100 * row['greedy']:.1f}", *(f"{100 * row[m][-1]:.1f}" for m in metrics)]
+        greedy = f"{100 * row['greedy']:.1f}" if "greedy" in row else "–"
+        cells = [ARM_NAMES.get(name, name), greedy, *(f"{100 * row[m][-1]:.1f}" for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| method | metric | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
     for name, row in inference["methods"].items():
         for m in metrics:
-            lines.append(f"| {ARM_NAMES[name]} | {m}@k | " + " | ".join(f"{100 * v:.1f}" for v in row[m]) + " |")
+            lines.append(f"| {ARM_NAMES.get(name, name)} | {m}@k | " + " | ".join(f"{100 * v:.1f}" for v in row[m]) + " |")
     return "\n".join(lines)
 
 
@@ -513,7 +515,7 @@ def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path |
     _quiet_transformers()
     accelerator = make_accelerator(config.mixed_precision)
     data = load_task(config.task)
-    problems = {"train": data.train, "val": data.val, "test": data.test}[split]
+    problems = _split(data, split)
     tokenizer = load_tokenizer(model_path)
     with accelerator.autocast():
         result = evaluate_greedy(
@@ -535,3 +537,77 @@ def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path |
         "outcomes": result.counts,
         "mean_length": result.mean_length,
     }
+
+
+def _split(data: TaskData, split: str) -> list[Problem]:
+    return {"train": data.train, "val": data.val, "test": data.test}[split]
+
+
+def run_sample(config: RunConfig, model_path: str, split: str, out: Path) -> dict[str, Any]:
+    """``reftkit sample``: ``sample.n`` graded chains per question of a split, as a samples file."""
+    _quiet_transformers()
+    if not config.sample.n:
+        raise ConfigError("sample.n: give the number of samples per question (--n N or sample.n=N)")
+    accelerator = make_accelerator(config.mixed_precision)
+    data = load_task(config.task)
+    tokenizer = load_tokenizer(model_path)
+    _, stats = _sample_to_file(
+        config, Path(model_path), tokenizer, data, _split(data, split), config.sample.n, out, split, accelerator,
+    )  # fmt: skip
+    return {"samples_file": str(out), "split": split, **stats}
+
+
+def run_eval_samples(
+    config: RunConfig, samples_path: Path, rm_path: str | None = None, plot: Path | None = None
+) -> dict[str, Any]:
+    """``reftkit eval --samples``: vote@k, pass@k (and with a reward model rerank@k) from a samples file;
+    writes the curves as a PNG and returns them with a markdown table."""
+    samples, meta = read_samples(samples_path)
+    if rm_path is not None:
+        _quiet_transformers()
+        data = load_task(config.task)
+        problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
+        model, tokenizer = load_reward_model(rm_path)
+        accelerator = make_accelerator(config.mixed_precision)
+        with accelerator.autocast():
+            scores = score_samples(
+                model.to(accelerator.device), tokenizer, problems, samples, config.task.cot,  # type: ignore[arg-type]
+                max_length=config.rm.max_length,
+            )  # fmt: skip
+        samples = [replace(s, score=score) for s, score in zip(samples, scores, strict=True)]
+    groups = by_question(samples)
+    curves = inference_curves(groups, config.sample.vote_draws, config.seed, rerank=rm_path is not None)
+    ks = curves.pop("k")
+    name = str(meta.get("model", samples_path.stem))
+    inference = {"n": ks[-1], "k": ks, "test_set": meta.get("split", "samples"), "methods": {name: curves}}
+    plot = plot or samples_path.with_name(samples_path.name.removesuffix(".jsonl") + ".curves.png")
+    plot_inference_curves(inference, plot)
+    return {
+        "samples_file": str(samples_path),
+        "questions": len(groups),
+        "reward_model": rm_path,
+        **inference,
+        "plot": str(plot),
+        "table": render_inference_table(inference),
+    }
+
+
+def run_reward_model(
+    config: RunConfig, init: str, samples_path: Path, out: Path, val_samples: Path | None, overwrite: bool
+) -> dict[str, Any]:
+    """``reftkit rm``: an outcome reward model trained on a samples file of training questions."""
+    _quiet_transformers()
+    data = load_task(config.task)
+    samples, _ = read_samples(samples_path)
+    val = read_samples(val_samples)[0] if val_samples else None
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it")
+    set_seed(config.seed)
+    problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
+    cot = config.task.cot
+    log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"))
+    return train_reward_model(
+        Path(init), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
+        make_accelerator(config.mixed_precision), config.seed,
+        val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
+    )  # fmt: skip

@@ -73,7 +73,7 @@ def test_one_label_class_is_refused_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match="both correct and wrong"):
         train_reward_model(
             tmp_path / "nowhere", [("a", 1), ("b", 1)], RewardModelConfig(), tmp_path / "rm", log,
-            make_accelerator("no"), seed=0,
+            make_accelerator("auto"), seed=0,
         )  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def test_reward_model_learns_a_separable_set_and_reranks(tiny_dir, tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     out = tmp_path / "rm"
     result = train_reward_model(
-        tiny_dir, examples, cfg, out, log, make_accelerator("no"), seed=0, val=(val_problems, val_samples)
+        tiny_dir, examples, cfg, out, log, make_accelerator("auto"), seed=0, val=(val_problems, val_samples)
     )
     assert result["dir"] == str(out) and result["examples"] == 12 and result["positives"] == 6
     assert result["best_epoch"] in (1, 2, 3) and 0.0 <= result["val_rerank_acc"] <= 1.0
@@ -136,7 +136,7 @@ def test_without_val_the_last_epoch_is_saved(tiny_dir, tmp_path):
     examples = rm_examples(PROBLEMS, toy_samples(["q0"]), "nl")
     log = MetricsLog(tmp_path / "metrics.jsonl")
     cfg = RewardModelConfig(epochs=1, lr=1e-3, batch_size=8, max_length=64)
-    result = train_reward_model(tiny_dir, examples, cfg, tmp_path / "rm", log, make_accelerator("no"), seed=0, cot="nl")
+    result = train_reward_model(tiny_dir, examples, cfg, tmp_path / "rm", log, make_accelerator("auto"), seed=0, cot="nl")
     assert result["best_epoch"] == 1 and result["val_rerank_acc"] is None
     assert (tmp_path / "rm" / "config.json").is_file()
     assert not any(r.startswith('{"stage": "rm_eval"') for r in (tmp_path / "metrics.jsonl").read_text().splitlines())
