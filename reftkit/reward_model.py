@@ -32,7 +32,7 @@ from reftkit.rollout import encode_prompts, left_pad
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import CoT, Problem, prompt_text
 from reftkit.trainers.common import MetricsLog
-from reftkit.trainers.sft import length_grouped_batches, save_model
+from reftkit.trainers.sft import save_model, shuffled_batches
 
 
 def _text(problems: dict[str, Problem], sample: Sample, cot: CoT) -> str:
@@ -155,7 +155,7 @@ def train_reward_model(
     bar = tqdm(total=total_steps, desc="rm", unit="step", dynamic_ncols=True)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        for batch in length_grouped_batches(lengths, cfg.batch_size, order_rng):
+        for batch in shuffled_batches(len(lengths), cfg.batch_size, order_rng):
             y = torch.tensor([targets[i] for i in batch], device=accelerator.device)
             with accelerator.autocast():
                 logits = _logits(model, [encoded[i] for i in batch], tokenizer.pad_token_id, accelerator.device)

@@ -389,7 +389,9 @@ def render_inference_table(inference: dict[str, Any]) -> str:
     lines += ["", "| method | metric | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
     for name, row in inference["methods"].items():
         for m in metrics:
-            lines.append(f"| {ARM_NAMES.get(name, name)} | {m}@k | " + " | ".join(f"{100 * v:.1f}" for v in row[m]) + " |")
+            lines.append(
+                f"| {ARM_NAMES.get(name, name)} | {m}@k | " + " | ".join(f"{100 * v:.1f}" for v in row[m]) + " |"
+            )
     return "\n".join(lines)
 
 

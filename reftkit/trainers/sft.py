@@ -57,21 +57,15 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.T
     return ids, mask, labels
 
 
-def length_grouped_batches(
-    lengths: list[int], batch_size: int, generator: torch.Generator, group: int = 16
-) -> list[list[int]]:
-    """Shuffled batches of indices whose members have similar lengths, to pad (and compute) less.
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """A fresh random order of ``range(n)`` cut into batches; every index once per epoch.
 
-    Indices are shuffled, cut into groups of ``group`` batches, sorted by length inside each group and
-    batched; the batch order is then shuffled again. Every index appears exactly once per epoch.
+    Plain random batches, not length-grouped ones: on the default task, batches of similar length (sorted
+    within groups of 16 batches) reached 7.5% validation accuracy after 10 epochs where random batches reach
+    42.5% after 8, with the same seed, schedule and steps (measured; see docs/results-notes.md).
     """
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    batches = []
-    span = batch_size * group
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,7 +103,6 @@ def train_sft(
     else:
         raise ValueError(f"train_sft({name!r}) needs epochs")
     examples = tokenize_examples(tokenizer, data.train, cot)
-    lengths = [len(ids) for ids, _ in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
     total_steps = total_epochs * steps_per_epoch
@@ -125,7 +118,7 @@ def train_sft(
     for epoch in range(1, total_epochs + 1):
         model.train()
         epoch_loss = 0.0
-        for batch in length_grouped_batches(lengths, cfg.batch_size, order_rng):
+        for batch in shuffled_batches(len(examples), cfg.batch_size, order_rng):
             ids, mask, labels = (
                 t.to(accelerator.device) for t in collate([examples[i] for i in batch], tokenizer.pad_token_id)
             )

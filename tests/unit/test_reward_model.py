@@ -136,7 +136,9 @@ def test_without_val_the_last_epoch_is_saved(tiny_dir, tmp_path):
     examples = rm_examples(PROBLEMS, toy_samples(["q0"]), "nl")
     log = MetricsLog(tmp_path / "metrics.jsonl")
     cfg = RewardModelConfig(epochs=1, lr=1e-3, batch_size=8, max_length=64)
-    result = train_reward_model(tiny_dir, examples, cfg, tmp_path / "rm", log, make_accelerator("auto"), seed=0, cot="nl")
+    result = train_reward_model(
+        tiny_dir, examples, cfg, tmp_path / "rm", log, make_accelerator("auto"), seed=0, cot="nl"
+    )
     assert result["best_epoch"] == 1 and result["val_rerank_acc"] is None
     assert (tmp_path / "rm" / "config.json").is_file()
     assert not any(r.startswith('{"stage": "rm_eval"') for r in (tmp_path / "metrics.jsonl").read_text().splitlines())
