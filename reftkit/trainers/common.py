@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from accelerate import Accelerator
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from reftkit.config import RunConfig
+    from reftkit.config import ReFTConfig, RunConfig
     from reftkit.tasks.base import TaskData
 
 
@@ -118,3 +118,24 @@ def validation_accuracy(
             config.eval,
             answer_type=data.answer_type,  # type: ignore[arg-type]
         ).accuracy
+
+
+def step_plan(n_questions: int, cfg: ReFTConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a step-wise trainer: ``epochs`` passes, capped by ``max_steps``."""
+    steps_per_epoch = math.ceil(n_questions / cfg.questions_per_step)
+    total = cfg.epochs * steps_per_epoch
+    return steps_per_epoch, total if cfg.max_steps is None else min(total, cfg.max_steps)
+
+
+def question_batches(
+    n_questions: int, cfg: ReFTConfig, generator: torch.Generator, total_steps: int
+) -> Iterator[list[int]]:
+    """Question indices per step: a fresh seeded order each epoch, cut into ``questions_per_step``."""
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n_questions, generator=generator).tolist()
+        for start in range(0, n_questions, cfg.questions_per_step):
+            if step == total_steps:
+                return
+            step += 1
+            yield order[start : start + cfg.questions_per_step]

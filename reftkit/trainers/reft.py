@@ -8,7 +8,6 @@ passes of clipped policy + value loss over shuffled minibatches. The maths lives
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,14 @@ from reftkit.config import RunConfig
 from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
 from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts, generate, left_pad
 from reftkit.tasks.base import CoT, TaskData, prompt_text
-from reftkit.trainers.common import MetricsLog, Selection, validation_accuracy, write_atomically
+from reftkit.trainers.common import (
+    MetricsLog,
+    Selection,
+    question_batches,
+    step_plan,
+    validation_accuracy,
+    write_atomically,
+)
 
 
 @dataclass
@@ -110,12 +116,8 @@ def train_reft(
     policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
     table = RewardTable(partial_reward=cfg.partial_reward)
     prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
-    order_rng = torch.Generator().manual_seed(config.seed)
     sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
-    steps_per_epoch = math.ceil(len(prompts) / cfg.questions_per_step)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    steps_per_epoch, total_steps = step_plan(len(prompts), cfg)
 
     dirs = {name: out_dir / "checkpoints" / name for name in ("reft", "reft_last")}
     selection = Selection()
@@ -129,59 +131,53 @@ def train_reft(
 
     validate(0, warmup_val_acc)
     bar = tqdm(total=total_steps, desc="reft", unit="step", dynamic_ncols=True)
-    step = 0
-    for _epoch in range(cfg.epochs):
-        order = torch.randperm(len(prompts), generator=order_rng).tolist()
-        for start in range(0, len(order), cfg.questions_per_step):
-            if step == total_steps:
-                break
-            started = time.time()
-            questions = order[start : start + cfg.questions_per_step]
-            rows = [q for q in questions for _ in range(cfg.samples_per_question)]
-            batch = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
-            with accelerator.autocast():
-                responses = generate(
-                    accelerator.unwrap_model(policy).lm,
-                    batch,
-                    cfg.max_new_tokens,
-                    tokenizer.eos_token_id,
-                    tokenizer.pad_token_id,
-                    cfg.temperature,
-                    cfg.top_k,
-                    cfg.top_p,
-                    sample_rng,
-                )
-            problems = [data.train[i] for i in rows]
-            texts = decode_responses(tokenizer, responses)
-            graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
-            scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
-            exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
-            stats = ppo_update(policy, optimizer, exp, config, accelerator)
-            step += 1
-            counts = outcome_counts(graded)
-            mask = exp.responses.mask
-            figures = {
-                "reward": scores.mean(),
-                **{f"frac_{k}": v / len(graded) for k, v in counts.items()},
-                "kl": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k1") * mask).sum(1).mean(),  # per sequence
-                "kl_k3": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k3") * mask).sum(1).mean(),
-                "response_length": mask.sum(1).mean(),
-                "truncated": exp.responses.truncated.float().mean(),
-                "explained_variance": ppo.explained_variance(exp.old_values, exp.returns, mask),
-                "step_seconds": time.time() - started,
-                **stats,
-            }
-            if data.answer_type == "mcq":  # MCQ reward hacking (REFERENCE.md A.4): right letter, wrong chain
-                figures["frac_correct_chain_disagrees"] = frac_correct_chain_disagrees(
-                    graded, texts, [p.question for p in problems]
-                )
-            log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
-            bar.update(1)
-            bar.set_postfix(
-                reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{selection.best:.3f}"
+    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
+    for step, questions in enumerate(batches, start=1):
+        started = time.time()
+        rows = [q for q in questions for _ in range(cfg.samples_per_question)]
+        batch = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
+        with accelerator.autocast():
+            responses = generate(
+                accelerator.unwrap_model(policy).lm,
+                batch,
+                cfg.max_new_tokens,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                cfg.temperature,
+                cfg.top_k,
+                cfg.top_p,
+                sample_rng,
             )
-            if step % cfg.eval_every == 0 or step == total_steps:
-                validate(step)
+        problems = [data.train[i] for i in rows]
+        texts = decode_responses(tokenizer, responses)
+        graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
+        scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
+        exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
+        stats = ppo_update(policy, optimizer, exp, config, accelerator)
+        counts = outcome_counts(graded)
+        mask = exp.responses.mask
+        figures = {
+            "reward": scores.mean(),
+            **{f"frac_{k}": v / len(graded) for k, v in counts.items()},
+            "kl": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k1") * mask).sum(1).mean(),  # per sequence
+            "kl_k3": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k3") * mask).sum(1).mean(),
+            "response_length": mask.sum(1).mean(),
+            "truncated": exp.responses.truncated.float().mean(),
+            "explained_variance": ppo.explained_variance(exp.old_values, exp.returns, mask),
+            "step_seconds": time.time() - started,
+            **stats,
+        }
+        if data.answer_type == "mcq":  # MCQ reward hacking (REFERENCE.md A.4): right letter, wrong chain
+            figures["frac_correct_chain_disagrees"] = frac_correct_chain_disagrees(
+                graded, texts, [p.question for p in problems]
+            )
+        log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
+        bar.update(1)
+        bar.set_postfix(
+            reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{selection.best:.3f}"
+        )
+        if step % cfg.eval_every == 0 or step == total_steps:
+            validate(step)
     bar.close()
     _save(accelerator, policy, tokenizer, dirs["reft_last"])
     return ReFTResult(dirs["reft"], dirs["reft_last"], selection.best_step, selection.history)

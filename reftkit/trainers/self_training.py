@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from reftkit.models import load_causal_lm
 from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
-from reftkit.trainers.common import MetricsLog, Selection, validation_accuracy
+from reftkit.trainers.common import MetricsLog, Selection, question_batches, step_plan, validation_accuracy
 from reftkit.trainers.reft import ReFTResult
 from reftkit.trainers.sft import collate, save_model, sft_loss, tokenize_examples
 
@@ -83,12 +82,8 @@ def train_online_st(
     model.eval()  # no dropout, as in ReFT
     prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
     gold = tokenize_examples(tokenizer, data.train, cot)
-    order_rng = torch.Generator().manual_seed(config.seed)
     sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
-    steps_per_epoch = math.ceil(len(prompts) / cfg.questions_per_step)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    steps_per_epoch, total_steps = step_plan(len(prompts), cfg)
     dirs = {name: out_dir / "checkpoints" / name for name in ("online_st", "online_st_last")}
     selection = Selection()
 
@@ -101,67 +96,61 @@ def train_online_st(
 
     validate(0, warmup_val_acc)
     bar = tqdm(total=total_steps, desc="online-st", unit="step", dynamic_ncols=True)
-    step = 0
-    for _epoch in range(cfg.epochs):
-        order = torch.randperm(len(prompts), generator=order_rng).tolist()
-        for start in range(0, len(order), cfg.questions_per_step):
-            if step == total_steps:
-                break
-            started = time.time()
-            questions = order[start : start + cfg.questions_per_step]
-            with accelerator.autocast():
-                responses = generate(
-                    accelerator.unwrap_model(model),
-                    left_pad([prompts[i] for i in questions], tokenizer.pad_token_id),
-                    cfg.max_new_tokens,
-                    tokenizer.eos_token_id,
-                    tokenizer.pad_token_id,
-                    cfg.temperature,
-                    cfg.top_k,
-                    cfg.top_p,
-                    sample_rng,
-                    num_samples=cfg.samples_per_question,
-                )
-            rows = [q for q in questions for _ in range(cfg.samples_per_question)]
-            graded = grade_batch(
-                [data.train[i] for i in rows],
-                decode_responses(tokenizer, responses),
-                cot,
-                data.answer_type,
-                timeout=config.eval.program_timeout,
+    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
+    for step, questions in enumerate(batches, start=1):
+        started = time.time()
+        with accelerator.autocast():
+            responses = generate(
+                accelerator.unwrap_model(model),
+                left_pad([prompts[i] for i in questions], tokenizer.pad_token_id),
+                cfg.max_new_tokens,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                cfg.temperature,
+                cfg.top_k,
+                cfg.top_p,
+                sample_rng,
+                num_samples=cfg.samples_per_question,
             )
-            lengths = responses.mask.sum(1).long().tolist()
-            correct = [
-                (prompts[q] + responses.ids[j, : lengths[j]].tolist(), len(prompts[q]))
-                for j, (q, g) in enumerate(zip(rows, graded, strict=True))
-                if g.outcome == Outcome.CORRECT and not bool(responses.truncated[j])  # the EOS is part of the target
-            ]
-            losses = []
-            for _ in range(cfg.ppo_epochs):
-                loss = 0.5 * _ce(model, [gold[q] for q in questions], tokenizer, accelerator)
-                if correct:
-                    loss = loss + 0.5 * _ce(model, correct, tokenizer, accelerator)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-            step += 1
-            frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
-            log.write(
-                "online_st",
-                step,
-                epoch=epoch_offset + step / steps_per_epoch,
-                frac_correct=frac_correct,
-                kept=len(correct),
-                loss=sum(losses) / len(losses),
-                response_length=responses.mask.sum(1).mean(),
-                step_seconds=time.time() - started,
-            )
-            bar.update(1)
-            bar.set_postfix(correct=f"{frac_correct:.2f}", best_val=f"{selection.best:.3f}")
-            if step % cfg.eval_every == 0 or step == total_steps:
-                validate(step)
+        rows = [q for q in questions for _ in range(cfg.samples_per_question)]
+        graded = grade_batch(
+            [data.train[i] for i in rows],
+            decode_responses(tokenizer, responses),
+            cot,
+            data.answer_type,
+            timeout=config.eval.program_timeout,
+        )
+        lengths = responses.mask.sum(1).long().tolist()
+        correct = [
+            (prompts[q] + responses.ids[j, : lengths[j]].tolist(), len(prompts[q]))
+            for j, (q, g) in enumerate(zip(rows, graded, strict=True))
+            if g.outcome == Outcome.CORRECT and not bool(responses.truncated[j])  # the EOS is part of the target
+        ]
+        losses = []
+        for _ in range(cfg.ppo_epochs):
+            loss = 0.5 * _ce(model, [gold[q] for q in questions], tokenizer, accelerator)
+            if correct:
+                loss = loss + 0.5 * _ce(model, correct, tokenizer, accelerator)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
+        log.write(
+            "online_st",
+            step,
+            epoch=epoch_offset + step / steps_per_epoch,
+            frac_correct=frac_correct,
+            kept=len(correct),
+            loss=sum(losses) / len(losses),
+            response_length=responses.mask.sum(1).mean(),
+            step_seconds=time.time() - started,
+        )
+        bar.update(1)
+        bar.set_postfix(correct=f"{frac_correct:.2f}", best_val=f"{selection.best:.3f}")
+        if step % cfg.eval_every == 0 or step == total_steps:
+            validate(step)
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st_last"])
     return ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)
