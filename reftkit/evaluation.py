@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.answers import Graded, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import EvalConfig
-from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
+from reftkit.rollout import Responses, decode_responses, encode_prompts, generate, left_pad
 from reftkit.tasks.base import AnswerType, CoT, Problem, prompt_text
 
 if TYPE_CHECKING:
@@ -32,6 +32,36 @@ class EvalResult:
     frac_correct_chain_disagrees: float | None = None  # MCQ only: right letter after a chain that disagrees
 
 
+def generate_by_length(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Problem],
+    cot: CoT,
+    batch_size: int,
+    desc: str | None = None,
+    **generation: Any,
+) -> Iterator[tuple[list[int], Responses]]:
+    """``generate`` over the problems' prompts in batches of similar length: yields (problem indices, responses).
+
+    The model is in eval mode meanwhile; ``generation`` goes to ``reftkit.rollout.generate``.
+    """
+    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in problems])
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
+            rows = order[start : start + batch_size]
+            batch = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
+            yield (
+                rows,
+                generate(model, batch, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, **generation),
+            )
+    finally:
+        model.train(was_training)
+
+
 def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -44,30 +74,18 @@ def sample_completions(
     desc: str | None = None,
 ) -> tuple[list[str], list[int]]:
     """Completions (and their token lengths) in input order; batches are sorted by prompt length."""
-    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in problems])
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts: list[str] = [""] * len(prompts)
-    lengths: list[int] = [0] * len(prompts)
-    was_training = model.training
-    model.eval()
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
-        rows = order[start : start + batch_size]
-        responses = generate(
-            model,
-            left_pad([prompts[i] for i in rows], tokenizer.pad_token_id),
-            max_new_tokens=max_new_tokens,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id,
-            temperature=temperature,
-            generator=generator,
-        )
+    texts: list[str] = [""] * len(problems)
+    lengths: list[int] = [0] * len(problems)
+    batches = generate_by_length(
+        model, tokenizer, problems, cot, batch_size, desc,
+        max_new_tokens=max_new_tokens, temperature=temperature, generator=generator,
+    )  # fmt: skip
+    for rows, responses in batches:
         for row, text, length in zip(
             rows, decode_responses(tokenizer, responses), responses.mask.sum(1).tolist(), strict=True
         ):
             texts[row] = text
             lengths[row] = int(length)
-    model.train(was_training)
     return texts, lengths
 
 

@@ -31,7 +31,7 @@ from reftkit.models import load_tokenizer, position_ids_from_mask
 from reftkit.rollout import encode_prompts, left_pad
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import CoT, Problem, prompt_text
-from reftkit.trainers.common import MetricsLog
+from reftkit.trainers.common import MetricsLog, apply_gradients
 from reftkit.trainers.sft import save_model, shuffled_batches
 
 
@@ -101,6 +101,20 @@ def score_samples(
     return scores
 
 
+def with_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: dict[str, Problem],
+    samples: Sequence[Sample],
+    cot: CoT,
+    batch_size: int = 64,
+    max_length: int = 512,
+) -> list[Sample]:
+    """Copies of ``samples`` with ``score`` = the reward model's P(correct): what reranking reads."""
+    scores = score_samples(model, tokenizer, problems, samples, cot, batch_size, max_length)
+    return [replace(s, score=p) for s, p in zip(samples, scores, strict=True)]
+
+
 def load_reward_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A saved reward model and its tokenizer; ConfigError if ``path`` holds no model."""
     path = Path(path)
@@ -142,7 +156,6 @@ def train_reward_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     encoded = encode_texts(tokenizer, [text for text, _ in examples], cfg.max_length)
     targets = [label for _, label in examples]
-    lengths = [len(ids) for ids in encoded]
 
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -155,16 +168,12 @@ def train_reward_model(
     bar = tqdm(total=total_steps, desc="rm", unit="step", dynamic_ncols=True)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        for batch in shuffled_batches(len(lengths), cfg.batch_size, order_rng):
+        for batch in shuffled_batches(len(encoded), cfg.batch_size, order_rng):
             y = torch.tensor([targets[i] for i in batch], device=accelerator.device)
             with accelerator.autocast():
                 logits = _logits(model, [encoded[i] for i in batch], tokenizer.pad_token_id, accelerator.device)
                 loss = torch.nn.functional.cross_entropy(logits, y)
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler)
             step += 1
             acc = (logits.argmax(-1) == y).float().mean().item()
             bar.update(1)
@@ -182,8 +191,7 @@ def train_reward_model(
         if val is not None:
             problems, samples = val
             with accelerator.autocast():
-                scores = score_samples(unwrapped, tokenizer, problems, samples, cot, cfg.batch_size, cfg.max_length)
-            scored = [replace(s, score=p) for s, p in zip(samples, scores, strict=True)]
+                scored = with_scores(unwrapped, tokenizer, problems, samples, cot, cfg.batch_size, cfg.max_length)
             curves = inference_curves(by_question(scored), rerank=True)
             rerank_acc, vote_acc = curves["rerank"][-1], curves["vote"][-1]
             log.write("rm_eval", step, epoch=epoch, val_rerank_acc=rerank_acc, val_vote_acc=vote_acc)

@@ -26,8 +26,8 @@ from reftkit.config import ConfigError, RunConfig, dump_yaml, method_list
 from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
-from reftkit.reward_model import load_reward_model, rm_examples, score_samples, train_reward_model
-from reftkit.sampling import Sample, by_question, meta_path, read_samples, sample_problems, write_samples
+from reftkit.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
+from reftkit.sampling import Sample, by_question, read_samples, sample_problems, write_samples
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
@@ -224,8 +224,10 @@ def _sample_to_file(
     path: Path,
     split: str,
     accelerator: Accelerator,
+    rm: tuple[PreTrainedModel, PreTrainedTokenizerBase, str] | None = None,
 ) -> tuple[list[Sample], dict[str, float]]:
-    """Sample ``n`` chains per problem from ``model_dir`` and keep them as a samples file."""
+    """Sample ``n`` chains per problem from ``model_dir`` (scored by the reward model ``rm`` = (model,
+    tokenizer, directory), if given) and keep them as a samples file."""
     model = load_causal_lm(model_dir, tokenizer).to(accelerator.device)
     with accelerator.autocast():
         samples, stats = sample_problems(
@@ -234,8 +236,26 @@ def _sample_to_file(
         )  # fmt: skip
     meta = {"model": str(model_dir), "task": data.name, "split": split, "cot": config.task.cot, "n": n}
     meta["seed"] = config.seed
+    if rm is not None:
+        samples = _scored(config, rm, {p.id: p for p in problems}, samples, accelerator)
+        meta["scored_by"] = rm[2]
     write_samples(path, samples, meta | {"sample": asdict(config.sample)} | stats)
     return samples, stats
+
+
+def _scored(
+    config: RunConfig,
+    rm: tuple[PreTrainedModel, PreTrainedTokenizerBase, str],
+    problems: dict[str, Problem],
+    samples: list[Sample],
+    accelerator: Accelerator,
+) -> list[Sample]:
+    """``samples`` with the reward model's P(correct) as their score."""
+    with accelerator.autocast():
+        return with_scores(
+            rm[0].to(accelerator.device), rm[1], problems, samples, config.task.cot,  # type: ignore[arg-type]
+            max_length=config.rm.max_length,
+        )  # fmt: skip
 
 
 def _inference(
@@ -268,26 +288,17 @@ def _inference(
             info["rm"] = {"skipped": str(err)}
         else:
             info["rm"] = result | {"init": str(init)}
-            rm = load_reward_model(out / "checkpoints" / "rm")
+            rm = (*load_reward_model(result["dir"]), result["dir"])
     speeds = {}
     info["methods"] = {}
-    test_problems = {p.id: p for p in data.test}
     for name, arm in arms.items():
         if name == "warmup":
             continue
         path = out / "samples" / f"test_{name}.jsonl"
         samples, stats = _sample_to_file(
-            config, arm.best_dir, tokenizer, data, data.test, config.sample.n, path, data.test_name, accelerator
+            config, arm.best_dir, tokenizer, data, data.test, config.sample.n, path, data.test_name, accelerator, rm
         )
         speeds[f"test_{name}"] = stats["samples_per_second"]
-        if rm is not None:
-            with accelerator.autocast():
-                scores = score_samples(
-                    rm[0].to(accelerator.device), rm[1], test_problems, samples, config.task.cot,  # type: ignore[arg-type]
-                    max_length=config.rm.max_length,
-                )  # fmt: skip
-            samples = [replace(s, score=round(score, 6)) for s, score in zip(samples, scores, strict=True)]
-            write_samples(path, samples, json.loads(meta_path(path).read_text()) | {"scored_by": info["rm"]["dir"]})
         curves = inference_curves(by_question(samples), config.sample.vote_draws, config.seed, rerank=rm is not None)
         info["k"] = curves.pop("k")
         info["methods"][name] = {"greedy": test[name].accuracy, **curves}
@@ -569,14 +580,8 @@ def run_eval_samples(
         _quiet_transformers()
         data = load_task(config.task)
         problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
-        model, tokenizer = load_reward_model(rm_path)
-        accelerator = make_accelerator(config.mixed_precision)
-        with accelerator.autocast():
-            scores = score_samples(
-                model.to(accelerator.device), tokenizer, problems, samples, config.task.cot,  # type: ignore[arg-type]
-                max_length=config.rm.max_length,
-            )  # fmt: skip
-        samples = [replace(s, score=score) for s, score in zip(samples, scores, strict=True)]
+        rm = (*load_reward_model(rm_path), rm_path)
+        samples = _scored(config, rm, problems, samples, make_accelerator(config.mixed_precision))
     groups = by_question(samples)
     curves = inference_curves(groups, config.sample.vote_draws, config.seed, rerank=rm_path is not None)
     ks = curves.pop("k")

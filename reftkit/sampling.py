@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.answers import Outcome, grade_batch
 from reftkit.config import ConfigError, EvalConfig, SampleConfig
-from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
-from reftkit.tasks.base import AnswerType, CoT, Problem, prompt_text
+from reftkit.evaluation import generate_by_length
+from reftkit.rollout import decode_responses
+from reftkit.tasks.base import AnswerType, CoT, Problem
 
 
 @dataclass
@@ -78,37 +78,21 @@ def sample_problems(
     Batches hold ``settings.questions_per_batch`` prompts of similar length; each prompt is encoded once
     and its KV cache shared by its ``n`` samples.
     """
-    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in problems])
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    max_new = settings.max_new_tokens or eval_settings.max_new_tokens
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     per_problem: list[list[tuple[str, float, int]]] = [[] for _ in problems]
-    was_training = model.training
-    model.eval()
     started = time.time()
-    starts = range(0, len(order), settings.questions_per_batch)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
-        rows = order[start : start + settings.questions_per_batch]
-        responses = generate(
-            model,
-            left_pad([prompts[i] for i in rows], tokenizer.pad_token_id),
-            max_new_tokens=max_new,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            generator=generator,
-            num_samples=n,
-            return_logprobs=True,
-        )
+    batches = generate_by_length(
+        model, tokenizer, problems, cot, settings.questions_per_batch, desc,
+        max_new_tokens=settings.max_new_tokens or eval_settings.max_new_tokens, temperature=settings.temperature,
+        top_k=settings.top_k, top_p=settings.top_p, generator=generator, num_samples=n, return_logprobs=True,
+    )  # fmt: skip
+    for rows, responses in batches:
         texts = decode_responses(tokenizer, responses)
         logprobs = responses.logprobs.sum(1).tolist()  # type: ignore[union-attr]
         lengths = responses.mask.sum(1).tolist()
         for j, text in enumerate(texts):
             per_problem[rows[j // n]].append((text, logprobs[j], int(lengths[j])))
     generation_seconds = time.time() - started
-    model.train(was_training)
     flat = [(p, t) for p, outs in zip(problems, per_problem, strict=True) for t in outs]
     graded = grade_batch(
         [p for p, _ in flat], [t[0] for _, t in flat], cot, answer_type, timeout=eval_settings.program_timeout
@@ -147,6 +131,8 @@ def _row(sample: Sample) -> dict[str, Any]:
     row = asdict(sample)
     if row["score"] is None:
         del row["score"]
+    else:
+        row["score"] = round(row["score"], 6)
     return row
 
 

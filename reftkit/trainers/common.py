@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 
+from reftkit.evaluation import evaluate_greedy
+from reftkit.rollout import Batch, Responses, generate, left_pad
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -107,8 +110,6 @@ def validation_accuracy(
     accelerator: Accelerator,
 ) -> float:
     """Greedy accuracy on the validation split, the figure checkpoints are selected by."""
-    from reftkit.evaluation import evaluate_greedy
-
     with accelerator.autocast():
         return evaluate_greedy(
             model,
@@ -139,3 +140,51 @@ def question_batches(
                 return
             step += 1
             yield order[start : start + cfg.questions_per_step]
+
+
+def apply_gradients(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> torch.Tensor:
+    """One optimiser step on ``loss``: backward, clip the gradient norm, step (and the schedule), zero grads.
+    Returns the gradient norm before clipping."""
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def sample_policy(
+    lm: PreTrainedModel,
+    prompts: list[list[int]],
+    questions: list[int],
+    cfg: ReFTConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    generator: torch.Generator,
+    accelerator: Accelerator,
+) -> tuple[Batch, Responses]:
+    """``cfg.samples_per_question`` rollouts of each question (rows grouped by question, each prompt encoded
+    once) and the left-padded prompts repeated to match those rows."""
+    batch = left_pad([prompts[i] for i in questions], tokenizer.pad_token_id)
+    with accelerator.autocast():
+        responses = generate(
+            lm,
+            batch,
+            cfg.max_new_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.top_p,
+            generator,
+            num_samples=cfg.samples_per_question,
+        )
+    k = cfg.samples_per_question
+    return Batch(batch.ids.repeat_interleave(k, 0), batch.mask.repeat_interleave(k, 0)), responses

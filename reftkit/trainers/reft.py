@@ -21,12 +21,14 @@ from reftkit import ppo
 from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import RunConfig
 from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
-from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts, generate, left_pad
+from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts
 from reftkit.tasks.base import CoT, TaskData, prompt_text
 from reftkit.trainers.common import (
     MetricsLog,
     Selection,
+    apply_gradients,
     question_batches,
+    sample_policy,
     step_plan,
     validation_accuracy,
     write_atomically,
@@ -135,19 +137,9 @@ def train_reft(
     for step, questions in enumerate(batches, start=1):
         started = time.time()
         rows = [q for q in questions for _ in range(cfg.samples_per_question)]
-        batch = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
-        with accelerator.autocast():
-            responses = generate(
-                accelerator.unwrap_model(policy).lm,
-                batch,
-                cfg.max_new_tokens,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                cfg.temperature,
-                cfg.top_k,
-                cfg.top_p,
-                sample_rng,
-            )
+        batch, responses = sample_policy(
+            accelerator.unwrap_model(policy).lm, prompts, questions, cfg, tokenizer, sample_rng, accelerator
+        )
         problems = [data.train[i] for i in rows]
         texts = decode_responses(tokenizer, responses)
         graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
@@ -234,10 +226,7 @@ def ppo_update(
             pg_loss, pg_stats = ppo.policy_loss(logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps)
             vf_loss, vf_stats = ppo.value_loss(values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip)
             loss = pg_loss + cfg.vf_coef * vf_loss
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip)
             figures = {
                 "policy_loss": pg_loss,
                 "value_loss": vf_loss,

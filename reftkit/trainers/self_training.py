@@ -22,10 +22,18 @@ from transformers import PreTrainedTokenizerBase
 from reftkit.answers import Outcome, grade_batch
 from reftkit.config import RunConfig
 from reftkit.models import load_causal_lm
-from reftkit.rollout import decode_responses, encode_prompts, generate, left_pad
+from reftkit.rollout import decode_responses, encode_prompts
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
-from reftkit.trainers.common import MetricsLog, Selection, question_batches, step_plan, validation_accuracy
+from reftkit.trainers.common import (
+    MetricsLog,
+    Selection,
+    apply_gradients,
+    question_batches,
+    sample_policy,
+    step_plan,
+    validation_accuracy,
+)
 from reftkit.trainers.reft import ReFTResult
 from reftkit.trainers.sft import collate, save_model, sft_loss, tokenize_examples
 
@@ -99,19 +107,9 @@ def train_online_st(
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
     for step, questions in enumerate(batches, start=1):
         started = time.time()
-        with accelerator.autocast():
-            responses = generate(
-                accelerator.unwrap_model(model),
-                left_pad([prompts[i] for i in questions], tokenizer.pad_token_id),
-                cfg.max_new_tokens,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                cfg.temperature,
-                cfg.top_k,
-                cfg.top_p,
-                sample_rng,
-                num_samples=cfg.samples_per_question,
-            )
+        _, responses = sample_policy(
+            accelerator.unwrap_model(model), prompts, questions, cfg, tokenizer, sample_rng, accelerator
+        )
         rows = [q for q in questions for _ in range(cfg.samples_per_question)]
         graded = grade_batch(
             [data.train[i] for i in rows],
@@ -131,10 +129,7 @@ def train_online_st(
             loss = 0.5 * _ce(model, [gold[q] for q in questions], tokenizer, accelerator)
             if correct:
                 loss = loss + 0.5 * _ce(model, correct, tokenizer, accelerator)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip)
             losses.append(loss.item())
         frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
         log.write(

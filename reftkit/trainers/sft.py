@@ -21,7 +21,7 @@ from reftkit.evaluation import evaluate_greedy
 from reftkit.models import position_ids_from_mask
 from reftkit.rollout import encode_prompts
 from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text, target_text
-from reftkit.trainers.common import MetricsLog, write_atomically
+from reftkit.trainers.common import MetricsLog, apply_gradients, write_atomically
 
 IGNORE = -100
 
@@ -124,11 +124,7 @@ def train_sft(
             )
             with accelerator.autocast():
                 loss = sft_loss(model, ids, mask, labels)
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler)
             step += 1
             epoch_loss += loss.item()
             bar.update(1)
