@@ -6,11 +6,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from reftkit.config import ConfigError, RunConfig, load_config, preset_names
-from reftkit.tasks import task_info
+from reftkit.config import ConfigError, RunConfig, TrainingError, load_config, preset_names, resumed_config
+from reftkit.tasks import check_task, task_info
 
 EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other input error, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    print(f"reftkit: error: {message} (see {prog} --help)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +35,17 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with gsm8k/, svamp/, mathqa/ (task.data_dir)")
     parser.add_argument("--limit", type=int, metavar="N", help="keep the first N problems of each split (task.limit)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
+
+
+def _out_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--out", required=True, type=Path, help=what)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest complete checkpoint (its config.yaml; no config arguments)",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -39,27 +63,24 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="reftkit",
         description="Reinforced Fine-Tuning (ReFT) of causal LMs on problems with checkable answers.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="warm-up SFT → continued SFT and ReFT from the warm-up → evaluation → report")
-    run.add_argument("--out", required=True, type=Path, help="run folder to create")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _out_args(run, "run folder to create")
     _config_args(run)
 
     sft = sub.add_parser("sft", help="supervised fine-tuning (warm-up and SFT baseline) from an HF model directory")
     sft.add_argument("--model", help="HF model directory; default: the config's model.path or the tiny preset")
-    sft.add_argument("--out", required=True, type=Path)
-    sft.add_argument("--overwrite", action="store_true")
+    _out_args(sft, "run folder to create")
     _config_args(sft)
 
     reft = sub.add_parser("reft", help="PPO (ReFT) from a warm-up HF model directory")
     reft.add_argument("--model", required=True, help="warm-up HF model directory (e.g. RUN/checkpoints/warmup)")
-    reft.add_argument("--out", required=True, type=Path)
-    reft.add_argument("--overwrite", action="store_true")
+    _out_args(reft, "run folder to create")
     _config_args(reft)
 
     sample = sub.add_parser("sample", help="N graded samples per question of a split, as a samples file (JSONL)")
@@ -90,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(rm)
 
     data = sub.add_parser("data", help="list, inspect and validate task data").add_subparsers(
-        dest="data_command", required=True
+        dest="data_command", required=True, parser_class=Parser
     )
     listing = data.add_parser("list", help="registered tasks and their split sizes")
     _config_args(listing)
@@ -110,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(check)
 
     models = sub.add_parser("model", help="bring pretrained models in as plain HF directories").add_subparsers(
-        dest="model_command", required=True
+        dest="model_command", required=True, parser_class=Parser
     )
     imp = models.add_parser("import", help="convert a GGUF file into a plain HF model directory (float32)")
     source = imp.add_mutually_exclusive_group(required=True)
@@ -142,10 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # argparse stops filling ``overrides`` at the first flag; key=value items after a flag land here.
-    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    # argparse stops filling ``overrides`` at the first flag; items after a flag land here (load_config
+    # names any that is not key=value).
+    stray = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        command = [args.command, getattr(args, "data_command", None), getattr(args, "model_command", None)]
+        _usage_error(" ".join([parser.prog, *filter(None, command)]), f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
@@ -159,21 +182,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.docs / 'results.json'} and {args.docs / 'results.md'}")
             return 0
         config = load_config(args.preset, args.config, _overrides(args))
-        for name in ("model", "rm"):
-            path = getattr(args, name, None)
-            if path and not Path(path, "config.json").is_file():
-                raise ConfigError(f"--{name}: {path} is not a Hugging Face model directory (no config.json)")
+        if getattr(args, "resume", False):
+            explicit = bool(args.config or _overrides(args) or args.preset != "default")
+            config = resumed_config(args.out, config, explicit)
+        check_inputs(args, config)
         if args.command == "data":
             return _data_command(args, config)
         from reftkit import run as pipeline  # heavy imports only after the arguments are known to be good
 
         command = pipeline.command_line(argv)
         if args.command == "run":
-            pipeline.run_pipeline(config, args.out, args.overwrite, command)
+            pipeline.run_pipeline(config, args.out, args.overwrite, command, resume=args.resume)
         elif args.command == "sft":
-            print(json.dumps(pipeline.run_sft_stage(config, args.out, args.model, args.overwrite), indent=2))
+            print(
+                json.dumps(
+                    pipeline.run_sft_stage(config, args.out, args.model, args.overwrite, resume=args.resume), indent=2
+                )
+            )
         elif args.command == "reft":
-            print(json.dumps(pipeline.run_reft_stage(config, args.out, args.model, args.overwrite, command), indent=2))
+            print(
+                json.dumps(
+                    pipeline.run_reft_stage(config, args.out, args.model, args.overwrite, command, resume=args.resume),
+                    indent=2,
+                )
+            )
         elif args.command == "sample":
             print(json.dumps(pipeline.run_sample(config, args.model, args.split, args.out), indent=2))
         elif args.command == "rm":
@@ -187,15 +219,53 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2))
             print(table)
         else:
-            if args.rm or args.plot:
-                raise ConfigError("--rm and --plot go with --samples")
             print(json.dumps(pipeline.run_eval(config, args.model, args.split, args.predictions), indent=2))
     except ConfigError as err:
         if args.debug:
             raise
         print(f"reftkit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingError as err:  # the run stopped; its checkpoints are kept for --resume
+        if args.debug:
+            raise
+        print(f"reftkit: error: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
+    """What a command would otherwise fail on part-way (files, folders, task data, model directories), checked
+    before it creates, loads or trains anything: a bad input must cost seconds and leave nothing behind."""
+    command = args.command
+    if command == "eval" and args.samples is None and (args.rm or args.plot):
+        raise ConfigError("--rm and --plot go with --samples; add --samples FILE or drop them")
+    for flag in ("samples", "val_samples"):
+        path = getattr(args, flag, None)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
+    if command in ("run", "sft", "reft", "rm"):  # --out is a folder (sample's is a file, written whole)
+        out = args.out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out: {out} is a file; give a folder path")
+        if out.is_dir() and any(out.iterdir()) and not (args.overwrite or getattr(args, "resume", False)):
+            resume = "" if command == "rm" else " or --resume to continue it"
+            raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it{resume}")
+    reads_task = (
+        command in ("run", "sft", "reft", "sample", "rm")
+        or (command == "eval" and bool(args.model or args.rm))  # a samples file alone needs no task data
+        or (command == "data" and args.data_command in ("stats", "show"))
+    )
+    if reads_task:
+        check_task(config.task)
+    model_dirs = {"--model": getattr(args, "model", None), "--rm": getattr(args, "rm", None)}
+    if command == "run" or (command == "sft" and not args.model):
+        model_dirs["model.path"] = config.model.path
+    if any(model_dirs.values()):
+        from reftkit.models import check_model_dir  # transformers: only for commands that load a model anyway
+
+        for field, path in model_dirs.items():
+            if path:
+                check_model_dir(path, field)
 
 
 def _data_command(args: argparse.Namespace, config: RunConfig) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the field and the fix."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stays non-finite); the message says why and what to change."""
 
 
 @dataclass
@@ -37,7 +42,7 @@ class TinyModelConfig:
 @dataclass
 class ModelConfig:
     path: str | None = None
-    """HF model directory (or hub id where a hub is reachable); None builds the ``tiny`` preset."""
+    """HF model directory (``reftkit model import`` brings GGUF files in); None builds the ``tiny`` preset."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
@@ -182,6 +187,20 @@ class RewardModelConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Resumable training state (``--resume``): written atomically with checksums, pruned to the newest few."""
+
+    every_steps: int = 50
+    """Save a stage's full training state every this many of its steps (SFT/RM batches, PPO steps); 0: never
+    mid-stage (a killed stage then restarts from its beginning; finished stages are always kept)."""
+    keep_last: int = 2
+    """Complete checkpoints kept per stage; older ones are deleted, never the newest complete one."""
+    max_nonfinite_in_row: int = 10
+    """Steps in a row whose loss, KL or gradient norm is not finite (each is skipped, never applied) before the
+    run stops with an error."""
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     methods: str = "sft,reft"
@@ -196,6 +215,7 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 _CHOICES = {
@@ -213,13 +233,13 @@ _POSITIVE = set(
     reft.max_new_tokens reft.eval_every eval.batch_size eval.max_new_tokens eval.program_timeout
     reft.value_lr reft.max_steps sample.train_n sample.temperature sample.max_new_tokens
     sample.questions_per_batch sample.vote_draws self_training.max_per_question self_training.offline_epochs
-    rm.epochs rm.lr rm.batch_size rm.max_length
+    rm.epochs rm.lr rm.batch_size rm.max_length checkpoint.keep_last checkpoint.max_nonfinite_in_row
     """.split()
 )
 _NON_NEGATIVE = set(
     """
     task.n_heldout_test sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip
-    reft.vf_coef reft.grad_clip reft.top_k sample.n sample.top_k rm.weight_decay rm.grad_clip
+    reft.vf_coef reft.grad_clip reft.top_k sample.n sample.top_k rm.weight_decay rm.grad_clip checkpoint.every_steps
     """.split()
 )
 _UNIT_INTERVAL = {
@@ -259,8 +279,11 @@ def load_config(preset: str | None = "default", file: str | Path | None = None, 
             raise ConfigError(f"--config: no such file {path}")
         try:
             loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except yaml.YAMLError as err:  # its own message spans lines (with a caret); keep the gist on one
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem}); fix the file") from None
         if not isinstance(loaded, dict | None):
             raise ConfigError(f"{path}: the top level must be a mapping of config keys")
         _merge(data, loaded or {})
@@ -278,6 +301,24 @@ def load_config(preset: str | None = "default", file: str | Path | None = None, 
     config = _build(RunConfig, data, "")
     validate(config)
     return config
+
+
+def resumed_config(run_dir: Path, given: RunConfig, explicit: bool) -> RunConfig:
+    """The config a resumed run continues with: its own ``config.yaml``; config arguments given with
+    ``--resume`` must agree with it field for field."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml); start it without --resume")
+    saved = load_config(None, saved_path)
+    if explicit:
+        there, here = _flatten(to_dict(saved)), _flatten(to_dict(given))
+        for key in there:
+            if there[key] != here[key]:
+                raise ConfigError(
+                    f"--resume: {key} is {here[key]!r} here but {there[key]!r} in {saved_path}; resume with no "
+                    "config arguments, or start afresh with --overwrite"
+                )
+    return saved
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
@@ -306,7 +347,8 @@ def validate(config: RunConfig) -> None:
     if config.reft.minibatch_size > config.reft.questions_per_step * config.reft.samples_per_question:
         raise ConfigError(
             "reft.minibatch_size: larger than the samples of one step "
-            f"({config.reft.questions_per_step} questions x {config.reft.samples_per_question} samples)"
+            f"({config.reft.questions_per_step} questions x {config.reft.samples_per_question} samples); lower it "
+            "or raise reft.questions_per_step"
         )
     method_list(config.methods)
     if config.rm.enabled and not config.sample.n:
@@ -359,13 +401,26 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in options:
             return None
         hint = next(o for o in options if o is not type(None))
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if hint is float:
+        number = _float(value)
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:  # nan passes every range check, inf every upper bound
+            raise ConfigError(f"{key}: expected a finite float, got {value!r}")
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    if hint is bool:
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _float(value: Any) -> float | None:
+    """A YAML number as float (YAML 1.1 reads 1e-4 and nan as strings); None if it is not one. bool is no number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+    if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
-            pass
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+            return None
+    return None

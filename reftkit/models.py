@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from reftkit.config import TinyModelConfig
+from reftkit.config import ConfigError, TinyModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,38 @@ def build_tiny(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path, 
     return out
 
 
+def check_model_dir(path: str | Path, field: str) -> None:
+    """Fail in one line naming ``field`` before any work if ``path`` is no HF model directory or its tokenizer
+    cannot be used (:func:`load_tokenizer`); the weights are not read, so this costs well under a second."""
+    if not Path(path, "config.json").is_file():
+        raise ConfigError(
+            f"{field}: {path} is not a Hugging Face model directory (no config.json); give a folder written by "
+            "save_pretrained, or bring a GGUF file in with `reftkit model import`"
+        )
+    try:
+        load_tokenizer(path)
+    except ConfigError as err:
+        raise ConfigError(f"{field}: {err}") from err
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer and make sure it has a pad token of its own (never BOS or EOS reused)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    """Load a tokenizer and make sure it has a pad token of its own (never BOS or EOS reused).
+
+    A missing pad token is added; a missing EOS cannot be: generation would never stop, so that is a ConfigError.
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{path}: no tokenizer could be loaded from it; save the model's tokenizer there "
+            "(tokenizer.save_pretrained)"
+        ) from err
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{path}: the tokenizer has no EOS token; generation could never stop")
+        pad = "" if tokenizer.pad_token_id is not None else " (nor a pad token)"
+        raise ConfigError(
+            f"{path}: the tokenizer has no EOS token{pad}, so generation could never stop; set eos_token in "
+            "its tokenizer_config.json"
+        )
     specials = {tokenizer.eos_token_id, tokenizer.bos_token_id}
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id in specials:
         tokenizer.add_special_tokens({"pad_token": "<|reftkit_pad|>"})

@@ -31,7 +31,8 @@ from reftkit.models import load_tokenizer, position_ids_from_mask
 from reftkit.rollout import encode_prompts, left_pad
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import CoT, Problem, prompt_text
-from reftkit.trainers.common import MetricsLog, apply_gradients
+from reftkit.trainers.checkpoints import StageCheckpoints
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients
 from reftkit.trainers.sft import save_model, shuffled_batches
 
 
@@ -136,11 +137,16 @@ def train_reward_model(
     seed: int,
     val: tuple[dict[str, Problem], list[Sample]] | None = None,
     cot: CoT = "python",
+    checkpoints: StageCheckpoints | None = None,
+    max_nonfinite_in_row: int = 10,
 ) -> dict[str, Any]:
     """Fine-tune a 2-class classifier from ``init_dir`` on (text, label); save the best-on-val (else last) epoch.
 
-    Validation is rerank accuracy at full N on ``val``'s samples (every question needs the same N).
+    Validation is rerank accuracy at full N on ``val``'s samples (every question needs the same N). With
+    ``checkpoints`` (inside ``reftkit run``) the training state is saved as it goes and a resumed run continues.
     """
+    if checkpoints is not None and (done := checkpoints.finished()) is not None:
+        return done
     labels = sorted({label for _, label in examples})
     if labels != [0, 1]:
         raise ConfigError(
@@ -164,17 +170,25 @@ def train_reward_model(
     model, optimizer = accelerator.prepare(model, optimizer)
     order_rng = torch.Generator().manual_seed(seed)
 
+    guard = NonFiniteGuard(max_nonfinite_in_row, log, "rm")
     best, best_epoch, step = -1.0, -1, 0
-    bar = tqdm(total=total_steps, desc="rm", unit="step", dynamic_ncols=True)
+    if checkpoints is not None and (resumed := checkpoints.load(model, optimizer, scheduler, {})) is not None:
+        step, counters = resumed
+        best, best_epoch = counters["best"], counters["best_epoch"]
+        guard.restore(counters["guard"])
+    bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True)
     for epoch in range(1, cfg.epochs + 1):
+        batches = shuffled_batches(len(encoded), cfg.batch_size, order_rng)  # drawn even when replayed
         model.train()
-        for batch in shuffled_batches(len(encoded), cfg.batch_size, order_rng):
-            y = torch.tensor([targets[i] for i in batch], device=accelerator.device)
+        for i, batch in enumerate(batches):
+            if (epoch - 1) * steps_per_epoch + i < step:  # done before the checkpoint we resumed from
+                continue
+            y = torch.tensor([targets[j] for j in batch], device=accelerator.device)
             with accelerator.autocast():
-                logits = _logits(model, [encoded[i] for i in batch], tokenizer.pad_token_id, accelerator.device)
+                logits = _logits(model, [encoded[j] for j in batch], tokenizer.pad_token_id, accelerator.device)
                 loss = torch.nn.functional.cross_entropy(logits, y)
-            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler)
-            step += 1
+            step = guard.step = step + 1
+            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
             acc = (logits.argmax(-1) == y).float().mean().item()
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
@@ -187,26 +201,55 @@ def train_reward_model(
                 grad_norm=grad_norm,
                 lr=scheduler.get_last_lr()[0],
             )
-        unwrapped = accelerator.unwrap_model(model)
-        if val is not None:
-            problems, samples = val
-            with accelerator.autocast():
-                scored = with_scores(unwrapped, tokenizer, problems, samples, cot, cfg.batch_size, cfg.max_length)
-            curves = inference_curves(by_question(scored), rerank=True)
-            rerank_acc, vote_acc = curves["rerank"][-1], curves["vote"][-1]
-            log.write("rm_eval", step, epoch=epoch, val_rerank_acc=rerank_acc, val_vote_acc=vote_acc)
-            bar.set_postfix(epoch=epoch, val_rerank_acc=f"{rerank_acc:.3f}")
-            if rerank_acc > best:
-                best, best_epoch = rerank_acc, epoch
-                save_model(accelerator, unwrapped, tokenizer, out_dir)
-        elif epoch == cfg.epochs:
-            best_epoch = epoch
-            save_model(accelerator, unwrapped, tokenizer, out_dir)
+            if i == len(batches) - 1:
+                best, best_epoch = _end_epoch(
+                    epoch, step, (best, best_epoch), accelerator.unwrap_model(model), tokenizer, cfg, out_dir, log,
+                    accelerator, val, cot,
+                )  # fmt: skip
+                model.train()
+            if checkpoints is not None and checkpoints.due(step):
+                counters = {"best": best, "best_epoch": best_epoch, "guard": guard.state()}
+                checkpoints.save(step, model, optimizer, scheduler, {}, counters)
     bar.close()
-    return {
+    result = {
         "dir": str(out_dir),
         "best_epoch": best_epoch,
         "val_rerank_acc": best if val is not None else None,
         "examples": len(examples),
         "positives": sum(targets),
     }
+    if checkpoints is not None:
+        checkpoints.finish(result)
+    return result
+
+
+def _end_epoch(
+    epoch: int,
+    step: int,
+    best: tuple[float, int],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: RewardModelConfig,
+    out_dir: Path,
+    log: MetricsLog,
+    accelerator: Accelerator,
+    val: tuple[dict[str, Problem], list[Sample]] | None,
+    cot: CoT,
+) -> tuple[float, int]:
+    """Validate (rerank accuracy) and keep the model if it is the best so far; without ``val``, keep the last
+    epoch. Returns the new (best accuracy, best epoch)."""
+    if val is None:
+        if epoch == cfg.epochs:
+            save_model(accelerator, model, tokenizer, out_dir)
+            return best[0], epoch
+        return best
+    problems, samples = val
+    with accelerator.autocast():
+        scored = with_scores(model, tokenizer, problems, samples, cot, cfg.batch_size, cfg.max_length)
+    curves = inference_curves(by_question(scored), rerank=True)
+    rerank_acc, vote_acc = curves["rerank"][-1], curves["vote"][-1]
+    log.write("rm_eval", step, epoch=epoch, val_rerank_acc=rerank_acc, val_vote_acc=vote_acc)
+    if rerank_acc > best[0]:
+        save_model(accelerator, model, tokenizer, out_dir)
+        return rerank_acc, epoch
+    return best

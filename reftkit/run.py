@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -27,29 +28,54 @@ from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
 from reftkit.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
-from reftkit.sampling import Sample, by_question, read_samples, sample_problems, write_samples
+from reftkit.sampling import Sample, by_question, meta_path, read_samples, sample_problems, write_samples
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
-from reftkit.trainers.common import MetricsLog, make_accelerator, param_count
+from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
+from reftkit.trainers.common import MetricsLog, make_accelerator, param_count, write_atomically
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
 
 
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
+def prepare_run_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
+    """A fresh run folder, or (``resume``) the existing one left as it is; never overwritten unasked."""
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); start it without --resume")
+        return
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it")
+        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it or --resume")
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # an overwritten run must not resume the old one
     (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | None, str | None]:
+    """(command, commit) of the run: recorded when it starts, read back when it resumes, so a resumed run
+    reports the code and command it started with."""
+    path = out / RESUME_DIR / "run.json"
+    if resume and path.is_file():
+        known = json.loads(path.read_text())
+        return known["command"], known["commit"]
+    identity = {"command": command, "commit": _git_commit()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".run.json.tmp")
+    tmp.write_text(json.dumps(identity) + "\n")
+    tmp.replace(path)
+    return identity["command"], identity["commit"]
 
 
 def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     """The model SFT starts from: the user's HF directory, or the ``tiny`` preset built on the train split."""
     if config.model.path:
         return Path(config.model.path)
+    target = out / "checkpoints" / "base"
+    if (target / "config.json").is_file():  # written atomically: a resumed run keeps its model and tokenizer
+        return target
     cot = config.task.cot
     texts = [prompt_text(p, cot) + target_text(p, cot) for p in data.train]  # type: ignore[arg-type]
-    return build_tiny(texts, config.model.tiny, out / "checkpoints" / "base", seed=config.seed)
+    return write_atomically(target, lambda tmp: build_tiny(texts, config.model.tiny, tmp, seed=config.seed))
 
 
 def _quiet_transformers() -> None:
@@ -58,15 +84,21 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _stage_setup(config: RunConfig, out: Path, overwrite: bool, needs: str) -> tuple[Any, MetricsLog, TaskData]:
+def _stage_setup(
+    config: RunConfig, out: Path, overwrite: bool, needs: str, resume: bool
+) -> tuple[Any, MetricsLog, TaskData]:
     """What every training command does first: data check, run folder, resolved config, seed, accelerator, log."""
     _quiet_transformers()
     data = load_task(config.task)
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
-    prepare_run_dir(out, overwrite)
-    (out / "config.yaml").write_text(dump_yaml(config))
+    prepare_run_dir(out, overwrite, resume)
+    if not resume:
+        tmp = out / ".config.yaml.tmp"
+        tmp.write_text(dump_yaml(config))
+        tmp.replace(out / "config.yaml")
     set_seed(config.seed)
-    return make_accelerator(config.mixed_precision), MetricsLog(out / "metrics.jsonl"), data
+    log = MetricsLog(out / "metrics.jsonl", resuming=resume)
+    return make_accelerator(config.mixed_precision), log, data
 
 
 @dataclass
@@ -80,10 +112,14 @@ class Arm:
     last_val_acc: float | None = None
 
 
-def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
-    """Warm-up SFT, then each of ``config.methods`` from it, then greedy (and sampled) test evaluation."""
-    accelerator, log, data = _stage_setup(config, out, overwrite, needs="SFT")
-    started, commit = log.start, _git_commit()  # the code that ran, not whatever HEAD is when it ends
+def run_pipeline(
+    config: RunConfig, out: Path, overwrite: bool = False, command: str | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Warm-up SFT, then each of ``config.methods`` from it, then greedy (and sampled) test evaluation.
+
+    With ``resume``, finished stages are read back and the interrupted one continues from its checkpoint."""
+    accelerator, log, data = _stage_setup(config, out, overwrite, "SFT", resume)
+    command, commit = run_identity(out, command, resume)  # the code that ran, not whatever HEAD is when it ends
     methods = method_list(config.methods)
     cot = config.task.cot
     stage_seconds: dict[str, float] = {}
@@ -110,10 +146,14 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
     warmup_samples: list[Sample] = []
     if "offline-st" in methods or config.rm.enabled:  # one pass feeds offline-ST data and the RM's data
         t = time.time()
-        warmup_samples, stats = _sample_to_file(
-            config, sft.warmup_dir, tokenizer, data, [*data.train, *data.val], config.sample.train_n,
-            out / "samples" / "warmup_train_val.jsonl", "train+val", accelerator,
-        )  # fmt: skip
+        path = out / "samples" / "warmup_train_val.jsonl"
+        if resume and meta_path(path).is_file():  # written last: the samples are complete
+            warmup_samples, stats = read_samples(path)
+        else:
+            warmup_samples, stats = _sample_to_file(
+                config, sft.warmup_dir, tokenizer, data, [*data.train, *data.val], config.sample.train_n, path,
+                "train+val", accelerator,
+            )  # fmt: skip
         samples_per_second["warmup_train_val"] = stats["samples_per_second"]
         stage_seconds["sample_train"] = time.time() - t
     if "offline-st" in methods:
@@ -175,7 +215,7 @@ def run_pipeline(config: RunConfig, out: Path, overwrite: bool = False, command:
         "seed": config.seed,
         "base_model": str(config.model.path or "tiny"),
         "methods": methods,
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds": round(log.elapsed(), 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
         "epochs": {"warmup": warmup_epochs, "sft": max(sft.val_history) - warmup_epochs, "reft": config.reft.epochs},
         "test_set": data.test_name,
@@ -282,6 +322,8 @@ def _inference(
                 rm_examples(problems, [s for s in warmup_samples if s.id in train_ids], config.task.cot),  # type: ignore[arg-type]
                 config.rm, out / "checkpoints" / "rm", log, accelerator, config.seed,
                 val=(problems, [s for s in warmup_samples if s.id not in train_ids]), cot=config.task.cot,  # type: ignore[arg-type]
+                checkpoints=StageCheckpoints(out, "rm", config.checkpoint, log, accelerator),
+                max_nonfinite_in_row=config.checkpoint.max_nonfinite_in_row,
             )  # fmt: skip
         except ConfigError as err:  # e.g. no correct sample at all: report voting, keep what was trained
             print(f"reftkit: warning: no reranking: {err}", file=sys.stderr)
@@ -480,9 +522,11 @@ def command_line(argv: list[str] | None = None) -> str:
     return "reftkit " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
-def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False) -> dict[str, Any]:
+def run_sft_stage(
+    config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False, resume: bool = False
+) -> dict[str, Any]:
     """``reftkit sft``: SFT from an HF directory (or the tiny preset); writes warmup/, sft/ and sft_last/."""
-    accelerator, log, data = _stage_setup(config, out, overwrite, needs="SFT")
+    accelerator, log, data = _stage_setup(config, out, overwrite, "SFT", resume)
     if model_path:
         config.model.path = model_path
     base = base_model_dir(config, data, out)
@@ -498,10 +542,16 @@ def run_sft_stage(config: RunConfig, out: Path, model_path: str | None, overwrit
 
 
 def run_reft_stage(
-    config: RunConfig, out: Path, model_path: str, overwrite: bool = False, command: str | None = None
+    config: RunConfig,
+    out: Path,
+    model_path: str,
+    overwrite: bool = False,
+    command: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """``reftkit reft``: PPO from a warm-up HF directory; writes reft/ (best on val) and reft_last/."""
-    accelerator, log, data = _stage_setup(config, out, overwrite, needs="ReFT")
+    accelerator, log, data = _stage_setup(config, out, overwrite, "ReFT", resume)
+    command, commit = run_identity(out, command, resume)
     tokenizer = load_tokenizer(model_path)
     result = train_reft(config, Path(model_path), tokenizer, data, out, log, accelerator)
     tests = _test_sets(config, load_causal_lm(result.best_dir, tokenizer), tokenizer, data, "reft", log, accelerator)
@@ -517,7 +567,7 @@ def run_reft_stage(
         "test_acc": tests.pop(data.test_name).accuracy,
         **{f"{test_name}_acc": r.accuracy for test_name, r in tests.items()},
     }
-    summary |= {"wall_seconds": round(time.time() - log.start, 1), "command": command, "commit": _git_commit()}
+    summary |= {"wall_seconds": round(log.elapsed(), 1), "command": command, "commit": commit}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_run(out)
     return summary

@@ -7,6 +7,7 @@ checkpoints are selected without touching the test set and the split is the same
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +26,8 @@ class TaskInfo:
     answer_type: str
     cots: tuple[str, ...]
     load: Callable[[TaskConfig], Loaded]
+    folder: str | None = None
+    """Its sub-folder of ``task.data_dir``; None: it reads no data folder."""
 
 
 def _synthetic(cfg: TaskConfig) -> Loaded:
@@ -57,8 +60,7 @@ def _mathqa(answer_type: str) -> Callable[[TaskConfig], Loaded]:
 
 
 def _user_files(cfg: TaskConfig) -> Loaded:
-    if not cfg.train_file and not cfg.test_file:
-        raise ConfigError("task.train_file: the jsonl task needs task.train_file and/or task.test_file")
+    _check_user_files(cfg)
     train = read_user_file(cfg.train_file, cfg, "train_") if cfg.train_file else []
     test = read_user_file(cfg.test_file, cfg, "test_") if cfg.test_file else []
     val = read_user_file(cfg.val_file, cfg, "val_") if cfg.val_file else None
@@ -71,12 +73,13 @@ TASKS: dict[str, TaskInfo] = {
         TaskInfo("synthetic", "embedded multi-step arithmetic stories (generated, offline)", "numeric",
                  ("nl", "python"), _synthetic),
         TaskInfo("gsm8k", "GSM8K grade-school math; P-CoT derived from calculator annotations", "numeric",
-                 ("nl", "python"), _gsm8k),
+                 ("nl", "python"), _gsm8k, "gsm8k"),
         TaskInfo("svamp", "SVAMP (MAWPS + ASDiv-A train, SVAMP challenge test)", "numeric", ("nl", "python"),
-                 _svamp),
-        TaskInfo("mathqa_mcq", "MathQA multiple choice (test only here)", "mcq", ("nl", "python"), _mathqa("mcq")),
+                 _svamp, "svamp"),
+        TaskInfo("mathqa_mcq", "MathQA multiple choice (test only here)", "mcq", ("nl", "python"), _mathqa("mcq"),
+                 "mathqa"),
         TaskInfo("mathqa_numeric", "MathQA with options removed (test only here)", "numeric", ("nl", "python"),
-                 _mathqa("numeric")),
+                 _mathqa("numeric"), "mathqa"),
         TaskInfo("jsonl", "your own JSONL / JSON / saved datasets files (task.train_file, task.test_file)",
                  "numeric", ("nl", "python"), _user_files),
     ]
@@ -118,8 +121,34 @@ def split_task(cfg: TaskConfig, loaded: Loaded) -> TaskData:
 
 def task_info(name: str) -> TaskInfo:
     if name not in TASKS:
-        raise ConfigError(f"task.name: unknown task {name!r}; available: {', '.join(TASKS)}")
+        close = difflib.get_close_matches(name, TASKS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"task.name: unknown task {name!r}; {hint}available: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def check_task(cfg: TaskConfig) -> None:
+    """The ConfigErrors loading would raise for a missing folder or file, found without reading any data,
+    so a command can fail before it starts work."""
+    info = task_info(cfg.name)
+    if info.folder:
+        root = data_dir(cfg)
+        if not (root / info.folder).is_dir():
+            raise ConfigError(
+                f"task.data_dir: {root} has no {info.folder}/ folder; point it at the folder that holds "
+                "gsm8k/, svamp/, mathqa/"
+            )
+    elif cfg.name == "jsonl":
+        _check_user_files(cfg)
+
+
+def _check_user_files(cfg: TaskConfig) -> None:
+    if not cfg.train_file and not cfg.test_file:
+        raise ConfigError("task.train_file: the jsonl task needs task.train_file and/or task.test_file")
+    for key in ("train_file", "val_file", "test_file"):
+        path = getattr(cfg, key)
+        if path and not Path(path).exists():
+            raise ConfigError(f"task.{key}: {path}: no such file or folder")
 
 
 def data_dir(cfg: TaskConfig) -> Path:
@@ -132,7 +161,11 @@ def data_dir(cfg: TaskConfig) -> Path:
         )
     path = Path(raw).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"task.data_dir: {path} is not a directory")
+        source = "" if cfg.data_dir else " (from $REFTKIT_DATA_DIR)"
+        raise ConfigError(
+            f"task.data_dir: {path}{source} is not a directory; pass --data-dir DIR, the folder that holds "
+            "gsm8k/, svamp/, mathqa/"
+        )
     return path
 
 
@@ -163,4 +196,4 @@ def require_training_data(data: TaskData, what: str) -> None:
         raise ConfigError(f"task: problem {missing} of {data.name} has no chain of thought; SFT needs one per problem")
 
 
-__all__ = ["TASKS", "DataError", "Loaded", "TaskData", "load_task", "split_task", "task_info"]
+__all__ = ["TASKS", "DataError", "Loaded", "TaskData", "check_task", "load_task", "split_task", "task_info"]

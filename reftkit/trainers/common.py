@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 
+from reftkit.config import TrainingError
 from reftkit.evaluation import evaluate_greedy
 from reftkit.rollout import Batch, Responses, generate, left_pad
 
@@ -44,18 +45,40 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``: one object per logged step with its stage, step and wall time."""
+    """Append-only ``metrics.jsonl``: one object per logged step with its stage, step and wall time.
 
-    def __init__(self, path: Path, start_time: float | None = None) -> None:
+    A resumed run first cuts the file back to where its checkpoint was taken (``resume_at``), so each step
+    appears once, and continues the wall clock from there.
+    """
+
+    def __init__(self, path: Path, start_time: float | None = None, resuming: bool = False) -> None:
         self.path = path
         self.start = time.time() if start_time is None else start_time
+        self._cut_at: int | None = 0 if resuming else None  # resuming with nothing finished: start afresh
 
     def write(self, stage: str, step: int, **figures: Any) -> dict[str, Any]:
+        if self._cut_at is not None:
+            with self.path.open("a") as fh:
+                fh.truncate(self._cut_at)
+            self._cut_at = None
         record = {"stage": stage, "step": step, "wall": round(time.time() - self.start, 3)}
         record.update({k: _plain(v) for k, v in figures.items()})
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         return record
+
+    def resume_at(self, size: int, wall: float) -> None:
+        """Continue after the first ``size`` bytes (cut on the next write) and ``wall`` seconds of logged time."""
+        self._cut_at = size
+        self.start = time.time() - wall
+
+    def size(self) -> int:
+        if self._cut_at is not None:
+            return self._cut_at
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
 
 
 def _plain(value: Any) -> Any:
@@ -101,6 +124,13 @@ class Selection:
             return True
         return False
 
+    def state(self) -> dict[str, Any]:
+        return {"best_step": self.best_step, "best": self.best, "history": self.history}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best_step, self.best = state["best_step"], state["best"]
+        self.history = {int(k): v for k, v in state["history"].items()}  # JSON keys are strings
+
 
 def validation_accuracy(
     model: PreTrainedModel,
@@ -142,6 +172,38 @@ def question_batches(
             yield order[start : start + cfg.questions_per_step]
 
 
+class NonFiniteGuard:
+    """Skips, counts and logs steps whose loss, KL or gradient norm is not finite, so a NaN never reaches the
+    weights; stops the run after ``max_in_row`` such steps in a row. The trainer sets ``step`` as it goes."""
+
+    def __init__(self, max_in_row: int, log: MetricsLog, stage: str) -> None:
+        self.max_in_row, self.log, self.stage = max_in_row, log, stage
+        self.step = 0
+        self.in_row = 0
+        self.skipped = 0
+
+    def ok(self, finite: bool | torch.Tensor, what: str) -> bool:
+        """True when the step may be applied; otherwise records the skip (and raises after too many)."""
+        if bool(finite):
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        self.skipped += 1
+        self.log.write(f"{self.stage}_skipped", self.step, reason=f"non-finite {what}", skipped=self.skipped)
+        if self.in_row >= self.max_in_row:
+            raise TrainingError(
+                f"{self.stage}: {self.in_row} steps in a row with a non-finite {what} (step {self.step}); none of them "
+                "was applied. Lower the learning rate, or check the data and mixed precision (mixed_precision=no)"
+            )
+        return False
+
+    def state(self) -> dict[str, int]:
+        return {"in_row": self.in_row, "skipped": self.skipped}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.in_row, self.skipped = state["in_row"], state["skipped"]
+
+
 def apply_gradients(
     accelerator: Accelerator,
     loss: torch.Tensor,
@@ -149,12 +211,16 @@ def apply_gradients(
     optimizer: torch.optim.Optimizer,
     grad_clip: float,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    guard: NonFiniteGuard | None = None,
 ) -> torch.Tensor:
     """One optimiser step on ``loss``: backward, clip the gradient norm, step (and the schedule), zero grads.
-    Returns the gradient norm before clipping."""
+    With a ``guard``, a non-finite loss or gradient norm skips the optimiser step (the schedule
+    still advances with the data). Returns the gradient norm before clipping."""
     accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm))
+    if guard is None or guard.ok(finite, "loss or gradient norm"):
+        optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -23,8 +23,10 @@ from reftkit.config import RunConfig
 from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
 from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts
 from reftkit.tasks.base import CoT, TaskData, prompt_text
+from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,
+    NonFiniteGuard,
     Selection,
     apply_gradients,
     question_batches,
@@ -105,6 +107,9 @@ def train_reft(
     """
     cfg = config.reft
     cot: CoT = config.task.cot  # type: ignore[assignment]
+    checkpoints = StageCheckpoints(out_dir, "reft", config.checkpoint, log, accelerator)
+    if (done := checkpoints.finished()) is not None:
+        return result_from_json(ReFTResult, done)
     value_lm = load_causal_lm(warmup_dir, tokenizer) if cfg.value_model == "separate" else None
     policy = PolicyWithValue(load_causal_lm(warmup_dir, tokenizer), value_lm)
     ref = load_causal_lm(warmup_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
@@ -131,10 +136,21 @@ def train_reft(
         if selection.record(step, known):
             _save(accelerator, policy, tokenizer, dirs["reft"])
 
-    validate(0, warmup_val_acc)
-    bar = tqdm(total=total_steps, desc="reft", unit="step", dynamic_ncols=True)
+    guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, "reft")
+    generators = {"sample": sample_rng}
+    start = 0
+    if (resumed := checkpoints.load(policy, optimizer, None, generators)) is not None:
+        start, counters = resumed
+        selection.restore(counters["selection"])
+        guard.restore(counters["guard"])
+    else:
+        validate(0, warmup_val_acc)
+    bar = tqdm(total=total_steps, initial=start, desc="reft", unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
     for step, questions in enumerate(batches, start=1):
+        if step <= start:  # replayed up to the checkpoint: the order generator is never stored
+            continue
+        guard.step = step
         started = time.time()
         rows = [q for q in questions for _ in range(cfg.samples_per_question)]
         batch, responses = sample_policy(
@@ -145,7 +161,9 @@ def train_reft(
         graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
         scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
         exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
-        stats = ppo_update(policy, optimizer, exp, config, accelerator)
+        stats = {}
+        if guard.ok(torch.isfinite(exp.advantages).all() & torch.isfinite(exp.returns).all(), "KL or value"):
+            stats = ppo_update(policy, optimizer, exp, config, accelerator, guard)
         counts = outcome_counts(graded)
         mask = exp.responses.mask
         figures = {
@@ -170,9 +188,14 @@ def train_reft(
         )
         if step % cfg.eval_every == 0 or step == total_steps:
             validate(step)
+        if checkpoints.due(step):
+            counters = {"selection": selection.state(), "guard": guard.state()}
+            checkpoints.save(step, policy, optimizer, None, generators, counters)
     bar.close()
     _save(accelerator, policy, tokenizer, dirs["reft_last"])
-    return ReFTResult(dirs["reft"], dirs["reft_last"], selection.best_step, selection.history)
+    result = ReFTResult(dirs["reft"], dirs["reft_last"], selection.best_step, selection.history)
+    checkpoints.finish(result_to_json(result))
+    return result
 
 
 @torch.no_grad()
@@ -210,6 +233,7 @@ def ppo_update(
     exp: Experience,
     config: RunConfig,
     accelerator: Accelerator,
+    guard: NonFiniteGuard | None = None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic."""
     cfg = config.reft
@@ -226,7 +250,7 @@ def ppo_update(
             pg_loss, pg_stats = ppo.policy_loss(logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps)
             vf_loss, vf_stats = ppo.value_loss(values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip)
             loss = pg_loss + cfg.vf_coef * vf_loss
-            grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip)
+            grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard)
             figures = {
                 "policy_loss": pg_loss,
                 "value_loss": vf_loss,

@@ -25,8 +25,10 @@ from reftkit.models import load_causal_lm
 from reftkit.rollout import decode_responses, encode_prompts
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
+from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,
+    NonFiniteGuard,
     Selection,
     apply_gradients,
     question_batches,
@@ -84,6 +86,9 @@ def train_online_st(
     """Online self-training from the warm-up with ReFT's sampling, steps, learning rate and selection."""
     cfg = config.reft
     cot: CoT = config.task.cot  # type: ignore[assignment]
+    checkpoints = StageCheckpoints(out_dir, "online_st", config.checkpoint, log, accelerator)
+    if (done := checkpoints.finished()) is not None:
+        return result_from_json(ReFTResult, done)
     model = load_causal_lm(warmup_dir, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -102,10 +107,21 @@ def train_online_st(
         if selection.record(step, known):
             save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st"])
 
-    validate(0, warmup_val_acc)
-    bar = tqdm(total=total_steps, desc="online-st", unit="step", dynamic_ncols=True)
+    guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, "online_st")
+    generators = {"sample": sample_rng}
+    start = 0
+    if (resumed := checkpoints.load(model, optimizer, None, generators)) is not None:
+        start, counters = resumed
+        selection.restore(counters["selection"])
+        guard.restore(counters["guard"])
+    else:
+        validate(0, warmup_val_acc)
+    bar = tqdm(total=total_steps, initial=start, desc="online-st", unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
     for step, questions in enumerate(batches, start=1):
+        if step <= start:  # replayed up to the checkpoint, as in ReFT
+            continue
+        guard.step = step
         started = time.time()
         _, responses = sample_policy(
             accelerator.unwrap_model(model), prompts, questions, cfg, tokenizer, sample_rng, accelerator
@@ -129,7 +145,7 @@ def train_online_st(
             loss = 0.5 * _ce(model, [gold[q] for q in questions], tokenizer, accelerator)
             if correct:
                 loss = loss + 0.5 * _ce(model, correct, tokenizer, accelerator)
-            apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip)
+            apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, guard=guard)
             losses.append(loss.item())
         frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
         log.write(
@@ -146,9 +162,14 @@ def train_online_st(
         bar.set_postfix(correct=f"{frac_correct:.2f}", best_val=f"{selection.best:.3f}")
         if step % cfg.eval_every == 0 or step == total_steps:
             validate(step)
+        if checkpoints.due(step):
+            counters = {"selection": selection.state(), "guard": guard.state()}
+            checkpoints.save(step, model, optimizer, None, generators, counters)
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st_last"])
-    return ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)
+    result = ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)
+    checkpoints.finish(result_to_json(result))
+    return result
 
 
 def _ce(

@@ -21,7 +21,8 @@ from reftkit.evaluation import evaluate_greedy
 from reftkit.models import position_ids_from_mask
 from reftkit.rollout import encode_prompts
 from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text, target_text
-from reftkit.trainers.common import MetricsLog, apply_gradients, write_atomically
+from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, write_atomically
 
 IGNORE = -100
 
@@ -95,6 +96,9 @@ def train_sft(
     cfg = config.sft
     cot: CoT = config.task.cot  # type: ignore[assignment]
     stage = name.replace("-", "_")
+    checkpoints = StageCheckpoints(out_dir, stage, config.checkpoint, log, accelerator)
+    if (done := checkpoints.finished()) is not None:
+        return result_from_json(SFTResult, done)
     warmup_epochs = cfg.warmup_epochs if name == "sft" else None
     if warmup_epochs is not None:
         total_epochs = warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
@@ -108,35 +112,20 @@ def train_sft(
     total_steps = total_epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    order_rng = torch.Generator().manual_seed(config.seed)
+    order_rng = torch.Generator().manual_seed(config.seed)  # replayed from the seed on resume, never stored
+    guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, stage)
 
     dirs = {key: out_dir / "checkpoints" / key for key in ("warmup", stage, f"{stage}_last")}
     result = SFTResult(dirs["warmup"], dirs[stage], dirs[f"{stage}_last"], best_epoch=-1)
-    best = -1.0
-    step = 0
-    bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True)
-    for epoch in range(1, total_epochs + 1):
-        model.train()
-        epoch_loss = 0.0
-        for batch in shuffled_batches(len(examples), cfg.batch_size, order_rng):
-            ids, mask, labels = (
-                t.to(accelerator.device) for t in collate([examples[i] for i in batch], tokenizer.pad_token_id)
-            )
-            with accelerator.autocast():
-                loss = sft_loss(model, ids, mask, labels)
-            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler)
-            step += 1
-            epoch_loss += loss.item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-            log.write(
-                stage,
-                step,
-                epoch=step / steps_per_epoch,
-                loss=loss.item(),
-                grad_norm=grad_norm,
-                lr=scheduler.get_last_lr()[0],
-            )
+    best, step, epoch_loss = -1.0, 0, 0.0
+    if (resumed := checkpoints.load(model, optimizer, scheduler, {})) is not None:
+        step, counters = resumed
+        best, result.best_epoch, epoch_loss = counters["best"], counters["best_epoch"], counters["epoch_loss"]
+        result.val_history = {int(k): v for k, v in counters["val_history"].items()}
+        guard.restore(counters["guard"])
+
+    def end_epoch(epoch: int) -> None:
+        nonlocal best, epoch_loss
         with accelerator.autocast():
             val = evaluate_greedy(
                 accelerator.unwrap_model(model), tokenizer, data.val, cot, config.eval, answer_type=data.answer_type
@@ -152,14 +141,49 @@ def train_sft(
             **{f"val_{k}": v for k, v in val.counts.items()},
         )
         bar.set_postfix(epoch=epoch, loss=f"{epoch_loss / steps_per_epoch:.3f}", val_acc=f"{val.accuracy:.3f}")
+        epoch_loss = 0.0
         unwrapped = accelerator.unwrap_model(model)
         if epoch == warmup_epochs:
             save_model(accelerator, unwrapped, tokenizer, dirs["warmup"])
         if epoch >= (warmup_epochs or 1) and val.accuracy > best:
             best, result.best_epoch = val.accuracy, epoch
             save_model(accelerator, unwrapped, tokenizer, dirs[stage])
+
+    bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
+    for epoch in range(1, total_epochs + 1):
+        batches = shuffled_batches(len(examples), cfg.batch_size, order_rng)  # drawn even when replayed
+        model.train()
+        for i, batch in enumerate(batches):
+            if (epoch - 1) * steps_per_epoch + i < step:  # done before the checkpoint we resumed from
+                continue
+            ids, mask, labels = (
+                t.to(accelerator.device) for t in collate([examples[j] for j in batch], tokenizer.pad_token_id)
+            )
+            with accelerator.autocast():
+                loss = sft_loss(model, ids, mask, labels)
+            step = guard.step = step + 1
+            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
+            epoch_loss += loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            log.write(
+                stage,
+                step,
+                epoch=step / steps_per_epoch,
+                loss=loss.item(),
+                grad_norm=grad_norm,
+                lr=scheduler.get_last_lr()[0],
+            )
+            if i == len(batches) - 1:
+                end_epoch(epoch)
+                model.train()
+            if checkpoints.due(step):
+                counters = {"best": best, "best_epoch": result.best_epoch, "epoch_loss": epoch_loss}
+                counters |= {"val_history": result.val_history, "guard": guard.state()}
+                checkpoints.save(step, model, optimizer, scheduler, {}, counters)
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs[f"{stage}_last"])
+    checkpoints.finish(result_to_json(result))
     return result
 
 

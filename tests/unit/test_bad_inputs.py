@@ -1,0 +1,160 @@
+"""Bad input fails before any work starts: exit code 2, one stderr line naming the field and the fix, no
+traceback, and nothing written where the command would have written (the whole tmp folder is compared)."""
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+from reftkit.cli import main
+from reftkit.config import ConfigError, dump_yaml, load_config
+
+RUN = ["run", "--out", "{tmp}/run", "--preset", "micro"]
+SFT = ["sft", "--out", "{tmp}/run", "--preset", "micro"]
+
+ROWS = [
+    # config keys and types
+    (["run", "sed=1", "--out", "{tmp}/run", "--preset", "micro"], "sed: unknown config key; did you mean seed?"),
+    ([*RUN, "reft.lrr=1"], "reft.lrr: unknown config key; did you mean reft.lr?"),
+    ([*RUN, "--config", "{tmp}/typo.yaml"], "sft.batchsize: unknown config key; did you mean sft.batch_size?"),
+    ([*RUN, "reft.lr=fast"], "reft.lr: expected float, got 'fast'"),
+    ([*RUN, "sft.batch_size=2.5"], "sft.batch_size: expected int, got 2.5"),
+    ([*RUN, "sft.batch_size=[8,16]"], "sft.batch_size: expected int, got [8, 16]"),
+    ([*RUN, "rm.enabled=1"], "rm.enabled: expected true or false, got 1"),
+    ([*RUN, "seed=true"], "seed: expected int, got True"),
+    ([*RUN, "reft.kl_coef=nan"], "reft.kl_coef: expected a finite float"),
+    ([*RUN, "reft=3"], "reft: expected a mapping"),
+    # impossible values
+    ([*RUN, "sft.batch_size=-4"], "sft.batch_size: must be > 0, got -4"),
+    ([*RUN, "sft.batch_size=0"], "sft.batch_size: must be > 0, got 0"),
+    ([*RUN, "reft.samples_per_question=0"], "reft.samples_per_question: must be > 0, got 0"),
+    (
+        ["sample", "--model", "{tmp}/plain", "--n", "-3", "--out", "{tmp}/s.jsonl", "--preset", "micro"],
+        "sample.n: must be >= 0, got -3",
+    ),
+    ([*RUN, "reft.lam=1.5"], "reft.lam: must be in [0, 1], got 1.5"),
+    ([*RUN, "sample.top_p=1.2"], "sample.top_p: must be in [0, 1], got 1.2"),
+    ([*RUN, "reft.minibatch_size=4096"], "reft.minibatch_size: larger than the samples of one step"),
+    ([*RUN, "task.cot=latex"], "task.cot: 'latex' is not one of nl, python"),
+    ([*RUN, "mixed_precision=fp8"], "mixed_precision: 'fp8' is not one of auto, bf16, fp16, no"),
+    ([*RUN, "methods=sft,dpo"], "methods: 'sft,dpo': give a comma-separated subset of sft, offline-st"),
+    ([*RUN, "rm.enabled=true"], "rm.enabled: reranking needs sampled test chains; set sample.n"),
+    ([*RUN, "checkpoint.keep_last=0"], "checkpoint.keep_last: must be > 0, got 0"),
+    ([*RUN, "model.tiny.num_heads=5"], "model.tiny.hidden_size: must be a multiple of model.tiny.num_heads"),
+    # overrides, presets, config files
+    ([*RUN, "seed"], "override 'seed': write overrides as key=value"),
+    (["run", "=3", "--out", "{tmp}/run"], "override '=3': write overrides as key=value"),
+    (["run", "--out", "{tmp}/run", "--preset", "nope"], "unknown preset 'nope'; choose one of"),
+    ([*RUN, "--config", "{tmp}/missing.yaml"], "--config: no such file"),
+    ([*RUN, "--config", "{tmp}/broken.yaml"], "broken.yaml, line 2: not valid YAML (expected ',' or ']'"),
+    ([*RUN, "--config", "{tmp}/list.yaml"], "list.yaml: the top level must be a mapping of config keys"),
+    # task data
+    ([*RUN, "task.name=gsm9k"], "task.name: unknown task 'gsm9k'; did you mean gsm8k?"),
+    ([*SFT, "task.name=svamp"], "task.data_dir: task 'svamp' reads files; pass --data-dir DIR"),
+    ([*SFT, "task.name=svamp", "--data-dir", "{tmp}/nowhere"], "task.data_dir: {tmp}/nowhere is not a directory"),
+    ([*SFT, "task.name=svamp", "--data-dir", "{tmp}/plain"], "task.data_dir: {tmp}/plain has no svamp/ folder"),
+    ([*SFT, "task.name=jsonl"], "task.train_file: the jsonl task needs task.train_file and/or task.test_file"),
+    ([*SFT, "task.name=jsonl", "task.train_file={tmp}/none.jsonl"], "task.train_file: {tmp}/none.jsonl: no such"),
+    (["data", "show", "gsm8k", "--preset", "micro"], "task.data_dir: task 'gsm8k' reads files"),
+    # model directories
+    ([*SFT, "--model", "{tmp}/plain"], "--model: {tmp}/plain is not a Hugging Face model directory"),
+    ([*RUN, "model.path={tmp}/plain"], "model.path: {tmp}/plain is not a Hugging Face model directory"),
+    (["eval", "--model", "{tmp}", "--preset", "micro"], "--model: {tmp} is not a Hugging Face model directory"),
+    ([*SFT, "--model", "{tmp}/no_eos"], "--model: {tmp}/no_eos: the tokenizer has no EOS token (nor a pad token)"),
+    (
+        ["sample", "--model", "{tmp}/no_tokenizer", "--n", "2", "--out", "{tmp}/s.jsonl", "--preset", "micro"],
+        "--model: {tmp}/no_tokenizer: no tokenizer could be loaded",
+    ),
+    (["eval", "--samples", "{tmp}/s.jsonl", "--preset", "micro"], "--samples: no such file {tmp}/s.jsonl"),
+    (
+        ["eval", "--samples", "{tmp}/plain/README.txt", "--rm", "{tmp}/plain", "--preset", "micro"],
+        "--rm: {tmp}/plain is not a Hugging Face model directory",
+    ),
+    (["eval", "--model", "{tmp}/plain", "--plot", "{tmp}/p.png"], "--rm and --plot go with --samples"),
+    # run folders
+    (
+        ["run", "--out", "{tmp}/full", "--preset", "micro"],
+        "--out: {tmp}/full exists and is not empty; pass --overwrite to replace it or --resume to continue it",
+    ),
+    (["reft", "--model", "{tmp}/plain", "--out", "{tmp}/full"], "--out: {tmp}/full exists and is not empty"),
+    (
+        ["rm", "--model", "{tmp}/plain", "--samples", "{tmp}/plain/README.txt", "--out", "{tmp}/full"],
+        "--out: {tmp}/full exists and is not empty; pass --overwrite to replace it",
+    ),
+    (["run", "--out", "{tmp}/plain/README.txt"], "--out: {tmp}/plain/README.txt is a file; give a folder path"),
+    (["run", "--out", "{tmp}/full", "--resume"], "--resume: {tmp}/full holds no run to resume (no config.yaml)"),
+    (
+        ["run", "--out", "{tmp}/saved", "--resume", "--preset", "micro", "reft.lr=1"],
+        "--resume: reft.lr is 1.0 here but 3e-05 in {tmp}/saved/config.yaml; resume with no config arguments",
+    ),
+    (["run", "--out", "{tmp}/saved", "--resume", "--overwrite"], "argument --overwrite: not allowed with argument"),
+    # argparse usage errors, one line too
+    ([*RUN, "--frobnicate"], "unrecognized arguments: --frobnicate (see reftkit run --help)"),
+    (["run", "--preset", "micro"], "the following arguments are required: --out (see reftkit run --help)"),
+    ([*RUN, "--limit", "abc"], "argument --limit: invalid int value: 'abc' (see reftkit run --help)"),
+    (["eval", "--model", "{tmp}/plain", "--split", "dev"], "argument --split: invalid choice: 'dev'"),
+    (["data", "shw", "gsm8k"], "argument data_command: invalid choice: 'shw'"),
+    (["trian"], "argument command: invalid choice: 'trian'"),
+]
+
+
+def _inputs(tmp: Path) -> None:
+    """What the rows point at: a full run folder, a saved run, files that are not models, broken models."""
+    (tmp / "full").mkdir()
+    (tmp / "full" / "summary.json").write_text("{}")
+    (tmp / "saved").mkdir()
+    (tmp / "saved" / "config.yaml").write_text(dump_yaml(load_config("micro")))
+    (tmp / "plain").mkdir()
+    (tmp / "plain" / "README.txt").write_text("not a model\n")
+    (tmp / "typo.yaml").write_text("sft:\n  batchsize: 8\n")
+    (tmp / "broken.yaml").write_text("reft: [1, 2\n")
+    (tmp / "list.yaml").write_text("- seed\n- 3\n")
+    config = LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=3)
+    config.save_pretrained(tmp / "no_tokenizer")
+    config.save_pretrained(tmp / "no_eos")
+    vocab = models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]")
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocab)).save_pretrained(tmp / "no_eos")  # no pad, no EOS
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(("argv", "message"), ROWS, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(ROWS)])
+def test_bad_input_exits_2_with_one_line_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("REFTKIT_DATA_DIR", raising=False)
+    _assert_fails_cleanly(argv, message, tmp_path, monkeypatch, capsys)
+
+
+def test_data_dir_from_the_environment_must_exist(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REFTKIT_DATA_DIR", str(tmp_path / "nowhere"))
+    message = "task.data_dir: {tmp}/nowhere (from $REFTKIT_DATA_DIR) is not a directory; pass --data-dir DIR"
+    _assert_fails_cleanly([*SFT, "task.name=gsm8k"], message, tmp_path, monkeypatch, capsys)
+
+
+def _assert_fails_cleanly(argv: list[str], message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # anything written to a relative path lands in the compared folder too
+    _inputs(tmp_path)
+    before = _snapshot(tmp_path)
+    try:
+        code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors leave through SystemExit
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("reftkit: error: "), err
+    assert message.replace("{tmp}", str(tmp_path)) in lines[0]
+    assert "Traceback" not in err
+    assert _snapshot(tmp_path) == before  # no run folder, no file created, the full folder untouched
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ConfigError, match=r"reft\.lrr: unknown config key"):
+        main(["run", "--out", str(tmp_path / "run"), "--preset", "micro", "--debug", "reft.lrr=1"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_table_is_large_enough():
+    assert len(ROWS) >= 24
