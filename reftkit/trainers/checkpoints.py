@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from reftkit.trainers.common import MetricsLog, write_atomically
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, Selection, write_atomically
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -213,6 +213,37 @@ class StageCheckpoints:
         self.log.resume_at(state["metrics_bytes"], state["wall"])
         print(f"reftkit: resuming {self.dir.name} from {path} (step {state['step']})", file=sys.stderr)
         return state["step"], state["counters"]
+
+    def load_stepwise(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: dict[str, torch.Generator],
+        selection: Selection,
+        guard: NonFiniteGuard,
+    ) -> int:
+        """For ReFT and online ST: restore the newest checkpoint with its selection and guard; the step to go
+        on after (0: a fresh start)."""
+        if (resumed := self.load(model, optimizer, None, generators)) is None:
+            return 0
+        step, counters = resumed
+        selection.restore(counters["selection"])
+        guard.restore(counters["guard"])
+        return step
+
+    def save_stepwise(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: dict[str, torch.Generator],
+        selection: Selection,
+        guard: NonFiniteGuard,
+    ) -> None:
+        """For ReFT and online ST: checkpoint after ``step`` if one is due."""
+        if self.due(step):
+            counters = {"selection": selection.state(), "guard": guard.state()}
+            self.save(step, model, optimizer, None, generators, counters)
 
     def _step_dirs(self) -> list[Path]:
         return sorted(self.dir.glob(f"{STEP_PREFIX}*"))  # zero-padded: name order is step order

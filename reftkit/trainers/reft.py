@@ -138,12 +138,8 @@ def train_reft(
 
     guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, "reft")
     generators = {"sample": sample_rng}
-    start = 0
-    if (resumed := checkpoints.load(policy, optimizer, None, generators)) is not None:
-        start, counters = resumed
-        selection.restore(counters["selection"])
-        guard.restore(counters["guard"])
-    else:
+    start = checkpoints.load_stepwise(policy, optimizer, generators, selection, guard)
+    if start == 0:
         validate(0, warmup_val_acc)
     bar = tqdm(total=total_steps, initial=start, desc="reft", unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
@@ -188,9 +184,7 @@ def train_reft(
         )
         if step % cfg.eval_every == 0 or step == total_steps:
             validate(step)
-        if checkpoints.due(step):
-            counters = {"selection": selection.state(), "guard": guard.state()}
-            checkpoints.save(step, policy, optimizer, None, generators, counters)
+        checkpoints.save_stepwise(step, policy, optimizer, generators, selection, guard)
     bar.close()
     _save(accelerator, policy, tokenizer, dirs["reft_last"])
     result = ReFTResult(dirs["reft"], dirs["reft_last"], selection.best_step, selection.history)

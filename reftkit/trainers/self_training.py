@@ -109,12 +109,8 @@ def train_online_st(
 
     guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, "online_st")
     generators = {"sample": sample_rng}
-    start = 0
-    if (resumed := checkpoints.load(model, optimizer, None, generators)) is not None:
-        start, counters = resumed
-        selection.restore(counters["selection"])
-        guard.restore(counters["guard"])
-    else:
+    start = checkpoints.load_stepwise(model, optimizer, generators, selection, guard)
+    if start == 0:
         validate(0, warmup_val_acc)
     bar = tqdm(total=total_steps, initial=start, desc="online-st", unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
@@ -162,9 +158,7 @@ def train_online_st(
         bar.set_postfix(correct=f"{frac_correct:.2f}", best_val=f"{selection.best:.3f}")
         if step % cfg.eval_every == 0 or step == total_steps:
             validate(step)
-        if checkpoints.due(step):
-            counters = {"selection": selection.state(), "guard": guard.state()}
-            checkpoints.save(step, model, optimizer, None, generators, counters)
+        checkpoints.save_stepwise(step, model, optimizer, generators, selection, guard)
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st_last"])
     result = ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)

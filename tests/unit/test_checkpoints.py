@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
 
 from reftkit.config import CheckpointConfig, TrainingError
 from reftkit.trainers.checkpoints import StageCheckpoints, rng_state, set_rng_state
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, make_accelerator
 
 
 def _trainer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -32,7 +31,8 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
 @pytest.fixture
 def stage(tmp_path: Path) -> StageCheckpoints:
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    return StageCheckpoints(tmp_path, "sft", CheckpointConfig(every_steps=1, keep_last=2), log, Accelerator(cpu=True))
+    cfg = CheckpointConfig(every_steps=1, keep_last=2)
+    return StageCheckpoints(tmp_path, "sft", cfg, log, make_accelerator("auto"))
 
 
 def test_save_and_load_restore_weights_optimizer_counters_and_generators(stage: StageCheckpoints) -> None:
@@ -119,7 +119,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path: Path) -
     before = {k: v.clone() for k, v in model.state_dict().items()}
     log = MetricsLog(tmp_path / "metrics.jsonl")
     guard = NonFiniteGuard(max_in_row=3, log=log, stage="sft")
-    accelerator = Accelerator(cpu=True)
+    accelerator = make_accelerator("auto")
     for step in (1, 2):
         guard.step = step
         loss = model(torch.ones(1, 3)).sum() * float("nan")
