@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from reftkit.config import ConfigError, RunConfig, TrainingError, load_config, preset_names, resumed_config
+from reftkit.config import (
+    ConfigError,
+    RunConfig,
+    TrainingError,
+    check_out_dir,
+    load_config,
+    preset_names,
+    resumed_config,
+)
 from reftkit.tasks import check_task, task_info
 
 EXIT_USAGE = 2
@@ -244,12 +252,7 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
         if path is not None and not path.is_file():
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
     if command in ("run", "sft", "reft", "rm"):  # --out is a folder (sample's is a file, written whole)
-        out = args.out
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out: {out} is a file; give a folder path")
-        if out.is_dir() and any(out.iterdir()) and not (args.overwrite or getattr(args, "resume", False)):
-            resume = "" if command == "rm" else " or --resume to continue it"
-            raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it{resume}")
+        check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
     reads_task = (
         command in ("run", "sft", "reft", "sample", "rm")
         or (command == "eval" and bool(args.model or args.rm))  # a samples file alone needs no task data

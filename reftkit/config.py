@@ -303,12 +303,24 @@ def load_config(preset: str | None = "default", file: str | Path | None = None, 
     return config
 
 
+def check_out_dir(out: Path, overwrite: bool, resume: bool, resumable: bool = True) -> None:
+    """The one rule for an ``--out`` folder: a folder, never overwritten unasked; a resumed one holds a run.
+    ``resumable=False`` for outputs that cannot be resumed (``reftkit rm``)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file; give a folder path")
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); start it without --resume")
+    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+        hint = " or --resume to continue it" if resumable else ""
+        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it{hint}")
+
+
 def resumed_config(run_dir: Path, given: RunConfig, explicit: bool) -> RunConfig:
     """The config a resumed run continues with: its own ``config.yaml``; config arguments given with
     ``--resume`` must agree with it field for field."""
+    check_out_dir(Path(run_dir), overwrite=False, resume=True)
     saved_path = Path(run_dir) / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(f"--resume: {run_dir} holds no run to resume (no config.yaml); start it without --resume")
     saved = load_config(None, saved_path)
     if explicit:
         there, here = _flatten(to_dict(saved)), _flatten(to_dict(given))

@@ -89,7 +89,7 @@ def import_gguf(gguf_path: Path, out_dir: Path, overwrite: bool = False) -> Path
         max_diff = _verify(staging, tokenizer, reference_ids, reference)
         provenance = {
             "source_file": gguf_path.name,
-            "source_sha256": _sha256(gguf_path),
+            "source_sha256": file_digest(gguf_path),
             "source_size_bytes": gguf_path.stat().st_size,
             "source_architecture": header["architecture"],
             "source_tensor_types": header["tensor_types"],
@@ -233,12 +233,10 @@ def _sibling(out_dir: Path, kind: str) -> Path:
     return out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in blocks (GGUF provenance, checkpoint manifests)."""
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _versions() -> dict[str, str]:

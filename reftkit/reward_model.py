@@ -33,7 +33,7 @@ from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import CoT, Problem, prompt_text
 from reftkit.trainers.checkpoints import StageCheckpoints
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients
-from reftkit.trainers.sft import save_model, shuffled_batches
+from reftkit.trainers.sft import epoch_batches, save_model
 
 
 def _text(problems: dict[str, Problem], sample: Sample, cot: CoT) -> str:
@@ -177,39 +177,35 @@ def train_reward_model(
         best, best_epoch = counters["best"], counters["best_epoch"]
         guard.restore(counters["guard"])
     bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True)
-    for epoch in range(1, cfg.epochs + 1):
-        batches = shuffled_batches(len(encoded), cfg.batch_size, order_rng)  # drawn even when replayed
-        model.train()
-        for i, batch in enumerate(batches):
-            if (epoch - 1) * steps_per_epoch + i < step:  # done before the checkpoint we resumed from
-                continue
-            y = torch.tensor([targets[j] for j in batch], device=accelerator.device)
-            with accelerator.autocast():
-                logits = _logits(model, [encoded[j] for j in batch], tokenizer.pad_token_id, accelerator.device)
-                loss = torch.nn.functional.cross_entropy(logits, y)
-            step = guard.step = step + 1
-            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
-            acc = (logits.argmax(-1) == y).float().mean().item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-            log.write(
-                "rm",
-                step,
-                epoch=step / steps_per_epoch,
-                loss=loss.item(),
-                acc=acc,
-                grad_norm=grad_norm,
-                lr=scheduler.get_last_lr()[0],
-            )
-            if i == len(batches) - 1:
-                best, best_epoch = _end_epoch(
-                    epoch, step, (best, best_epoch), accelerator.unwrap_model(model), tokenizer, cfg, out_dir, log,
-                    accelerator, val, cot,
-                )  # fmt: skip
-                model.train()
-            if checkpoints is not None and checkpoints.due(step):
-                counters = {"best": best, "best_epoch": best_epoch, "guard": guard.state()}
-                checkpoints.save(step, model, optimizer, scheduler, {}, counters)
+    model.train()
+    for epoch, batch, ends_epoch in epoch_batches(len(encoded), cfg.batch_size, order_rng, cfg.epochs, step):
+        y = torch.tensor([targets[j] for j in batch], device=accelerator.device)
+        with accelerator.autocast():
+            logits = _logits(model, [encoded[j] for j in batch], tokenizer.pad_token_id, accelerator.device)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        step = guard.step = step + 1
+        grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
+        acc = (logits.argmax(-1) == y).float().mean().item()
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+        log.write(
+            "rm",
+            step,
+            epoch=step / steps_per_epoch,
+            loss=loss.item(),
+            acc=acc,
+            grad_norm=grad_norm,
+            lr=scheduler.get_last_lr()[0],
+        )
+        if ends_epoch:
+            best, best_epoch = _end_epoch(
+                epoch, step, (best, best_epoch), accelerator.unwrap_model(model), tokenizer, cfg, out_dir, log,
+                accelerator, val, cot,
+            )  # fmt: skip
+            model.train()
+        if checkpoints is not None and checkpoints.due(step):
+            counters = {"best": best, "best_epoch": best_epoch, "guard": guard.state()}
+            checkpoints.save(step, model, optimizer, scheduler, {}, counters)
     bar.close()
     result = {
         "dir": str(out_dir),

@@ -23,12 +23,20 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from reftkit.config import ConfigError, RunConfig, dump_yaml, method_list
+from reftkit.config import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
 from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
 from reftkit.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
-from reftkit.sampling import Sample, by_question, meta_path, read_samples, sample_problems, write_samples
+from reftkit.sampling import (
+    Sample,
+    by_question,
+    meta_path,
+    read_samples,
+    sample_problems,
+    write_samples,
+    write_text_atomically,
+)
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
@@ -40,12 +48,9 @@ from reftkit.trainers.sft import train_sft
 
 def prepare_run_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
     """A fresh run folder, or (``resume``) the existing one left as it is; never overwritten unasked."""
+    check_out_dir(out, overwrite, resume)
     if resume:
-        if not (out / "config.yaml").is_file():
-            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); start it without --resume")
         return
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it or --resume")
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # an overwritten run must not resume the old one
     (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -59,10 +64,7 @@ def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | No
         known = json.loads(path.read_text())
         return known["command"], known["commit"]
     identity = {"command": command, "commit": _git_commit()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".run.json.tmp")
-    tmp.write_text(json.dumps(identity) + "\n")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(identity) + "\n")
     return identity["command"], identity["commit"]
 
 
@@ -93,9 +95,7 @@ def _stage_setup(
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
     prepare_run_dir(out, overwrite, resume)
     if not resume:
-        tmp = out / ".config.yaml.tmp"
-        tmp.write_text(dump_yaml(config))
-        tmp.replace(out / "config.yaml")
+        write_text_atomically(out / "config.yaml", dump_yaml(config))
     set_seed(config.seed)
     log = MetricsLog(out / "metrics.jsonl", resuming=resume)
     return make_accelerator(config.mixed_precision), log, data
@@ -657,8 +657,7 @@ def run_reward_model(
     data = load_task(config.task)
     samples, _ = read_samples(samples_path)
     val = read_samples(val_samples)[0] if val_samples else None
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out: {out} exists and is not empty; pass --overwrite to replace it")
+    check_out_dir(out, overwrite, resume=False, resumable=False)
     set_seed(config.seed)
     problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
     cot = config.task.cot

@@ -117,14 +117,16 @@ def meta_path(path: Path) -> Path:
 
 def write_samples(path: Path, samples: Sequence[Sample], meta: dict[str, Any]) -> None:
     """The samples as JSONL plus ``<name>.meta.json``; each written to a temporary name and renamed."""
+    write_text_atomically(path, "".join(json.dumps(_row(s)) + "\n" for s in samples))
+    write_text_atomically(meta_path(path), json.dumps(meta, indent=2) + "\n")  # last: its presence means complete
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write to a hidden temporary name beside ``path`` and rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in (
-        (path, "".join(json.dumps(_row(s)) + "\n" for s in samples)),
-        (meta_path(path), json.dumps(meta, indent=2) + "\n"),
-    ):
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _row(sample: Sample) -> dict[str, Any]:

@@ -20,7 +20,6 @@ trainer draws it from a generator seeded by the run's seed and replays it up to 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import shutil
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
+from reftkit.model_import import file_digest
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, Selection, write_atomically
 
 if TYPE_CHECKING:
@@ -44,14 +44,6 @@ RESUME_DIR = "resume"
 MANIFEST = "manifest.json"
 DONE = "done"
 STEP_PREFIX = "step-"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: Path) -> None:

@@ -159,9 +159,11 @@ def step_plan(n_questions: int, cfg: ReFTConfig) -> tuple[int, int]:
 
 
 def question_batches(
-    n_questions: int, cfg: ReFTConfig, generator: torch.Generator, total_steps: int
-) -> Iterator[list[int]]:
-    """Question indices per step: a fresh seeded order each epoch, cut into ``questions_per_step``."""
+    n_questions: int, cfg: ReFTConfig, generator: torch.Generator, total_steps: int, done: int = 0
+) -> Iterator[tuple[int, list[int]]]:
+    """(step, question indices) per step: a fresh seeded order each epoch, cut into ``questions_per_step``.
+    Steps up to ``done`` (before the checkpoint a run resumes from) are drawn and dropped: the generator is
+    replayed, never stored."""
     step = 0
     for _ in range(cfg.epochs):
         order = torch.randperm(n_questions, generator=generator).tolist()
@@ -169,7 +171,8 @@ def question_batches(
             if step == total_steps:
                 return
             step += 1
-            yield order[start : start + cfg.questions_per_step]
+            if step > done:
+                yield step, order[start : start + cfg.questions_per_step]
 
 
 class NonFiniteGuard:

@@ -142,10 +142,8 @@ def train_reft(
     if start == 0:
         validate(0, warmup_val_acc)
     bar = tqdm(total=total_steps, initial=start, desc="reft", unit="step", dynamic_ncols=True)
-    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
-    for step, questions in enumerate(batches, start=1):
-        if step <= start:  # replayed up to the checkpoint: the order generator is never stored
-            continue
+    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
+    for step, questions in batches:
         guard.step = step
         started = time.time()
         rows = [q for q in questions for _ in range(cfg.samples_per_question)]

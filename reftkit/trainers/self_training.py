@@ -113,10 +113,8 @@ def train_online_st(
     if start == 0:
         validate(0, warmup_val_acc)
     bar = tqdm(total=total_steps, initial=start, desc="online-st", unit="step", dynamic_ncols=True)
-    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps)
-    for step, questions in enumerate(batches, start=1):
-        if step <= start:  # replayed up to the checkpoint, as in ReFT
-            continue
+    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
+    for step, questions in batches:
         guard.step = step
         started = time.time()
         _, responses = sample_policy(

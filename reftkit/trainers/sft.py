@@ -8,6 +8,7 @@ cross-entropy over the CoT and EOS only. Checkpoints are chosen on validation, n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> lis
     """
     order = torch.randperm(n, generator=generator).tolist()
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def epoch_batches(
+    n: int, batch_size: int, generator: torch.Generator, epochs: int, done: int = 0
+) -> Iterator[tuple[int, list[int], bool]]:
+    """(epoch, batch, whether it ends its epoch) over ``epochs`` shuffled passes, from batch ``done`` on.
+
+    The batches before ``done`` (trained before the checkpoint a run resumes from) are drawn and dropped, so
+    the order from there on is exactly the uninterrupted run's: the order generator is replayed, never stored.
+    """
+    seen = 0
+    for epoch in range(1, epochs + 1):
+        batches = shuffled_batches(n, batch_size, generator)
+        for i, batch in enumerate(batches):
+            seen += 1
+            if seen > done:
+                yield epoch, batch, i == len(batches) - 1
 
 
 def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,37 +168,33 @@ def train_sft(
             save_model(accelerator, unwrapped, tokenizer, dirs[stage])
 
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
-    for epoch in range(1, total_epochs + 1):
-        batches = shuffled_batches(len(examples), cfg.batch_size, order_rng)  # drawn even when replayed
-        model.train()
-        for i, batch in enumerate(batches):
-            if (epoch - 1) * steps_per_epoch + i < step:  # done before the checkpoint we resumed from
-                continue
-            ids, mask, labels = (
-                t.to(accelerator.device) for t in collate([examples[j] for j in batch], tokenizer.pad_token_id)
-            )
-            with accelerator.autocast():
-                loss = sft_loss(model, ids, mask, labels)
-            step = guard.step = step + 1
-            grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
-            epoch_loss += loss.item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-            log.write(
-                stage,
-                step,
-                epoch=step / steps_per_epoch,
-                loss=loss.item(),
-                grad_norm=grad_norm,
-                lr=scheduler.get_last_lr()[0],
-            )
-            if i == len(batches) - 1:
-                end_epoch(epoch)
-                model.train()
-            if checkpoints.due(step):
-                counters = {"best": best, "best_epoch": result.best_epoch, "epoch_loss": epoch_loss}
-                counters |= {"val_history": result.val_history, "guard": guard.state()}
-                checkpoints.save(step, model, optimizer, scheduler, {}, counters)
+    model.train()
+    for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
+        ids, mask, labels = (
+            t.to(accelerator.device) for t in collate([examples[j] for j in batch], tokenizer.pad_token_id)
+        )
+        with accelerator.autocast():
+            loss = sft_loss(model, ids, mask, labels)
+        step = guard.step = step + 1
+        grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
+        epoch_loss += loss.item()
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        log.write(
+            stage,
+            step,
+            epoch=step / steps_per_epoch,
+            loss=loss.item(),
+            grad_norm=grad_norm,
+            lr=scheduler.get_last_lr()[0],
+        )
+        if ends_epoch:
+            end_epoch(epoch)  # validation puts the model in eval mode
+            model.train()
+        if checkpoints.due(step):
+            counters = {"best": best, "best_epoch": result.best_epoch, "epoch_loss": epoch_loss}
+            counters |= {"val_history": result.val_history, "guard": guard.state()}
+            checkpoints.save(step, model, optimizer, scheduler, {}, counters)
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs[f"{stage}_last"])
     checkpoints.finish(result_to_json(result))
