@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from reftkit.distributed import map_rows
 from reftkit.sandbox import ProgramResult, run_programs
 
 if TYPE_CHECKING:  # reftkit.tasks imports this module: import from it only where used
@@ -274,11 +275,19 @@ def grade_batch(
     rewards: RewardTable | None = None,
     timeout: float = 2.0,
 ) -> list[Graded]:
-    """Grade completions of ``problems`` (training and evaluation); P-CoT programs run in one sandbox call."""
+    """Grade completions of ``problems`` (training and evaluation); P-CoT programs run in one sandbox call.
+
+    Under several processes each grades its share and all get every grade back, so a program near its time
+    limit is judged once (``reftkit.distributed``)."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-    questions = [p.question for p in problems]
-    return _grade_many(completions, [p.answer for p in problems], questions, answer_type, cot, rewards, timeout)
+
+    def grade(rows: list[int]) -> list[Graded]:
+        questions = [problems[i].question for i in rows]
+        golds = [problems[i].answer for i in rows]
+        return _grade_many([completions[i] for i in rows], golds, questions, answer_type, cot, rewards, timeout)
+
+    return map_rows(grade, len(problems))
 
 
 def outcome_counts(graded: Iterable[Graded]) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -17,6 +18,7 @@ from reftkit.config import (
     preset_names,
     resumed_config,
 )
+from reftkit.launch import cpu_relaunch
 from reftkit.tasks import check_task, task_info
 
 EXIT_USAGE = 2
@@ -168,7 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_other_processes() -> None:
+    """Under several processes only the main one prints (and draws progress bars, see ``reftkit/__init__``);
+    errors still reach stderr."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (status := cpu_relaunch(sys.argv[1:] if argv is None else argv)) is not None:
+        return status
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several:
+        _quiet_other_processes()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling ``overrides`` at the first flag; items after a flag land here (load_config
@@ -193,7 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "resume", False):
             explicit = bool(args.config or _overrides(args) or args.preset != "default")
             config = resumed_config(args.out, config, explicit)
-        check_inputs(args, config)
+        if several:  # every process checks the inputs before the main one creates the run folder
+            from reftkit.distributed import barrier
+
+            barrier()
+            check_inputs(args, config)
+            barrier()
+        else:
+            check_inputs(args, config)
         if args.command == "data":
             return _data_command(args, config)
         from reftkit import run as pipeline  # heavy imports only after the arguments are known to be good

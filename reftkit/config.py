@@ -40,10 +40,32 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (``peft``, installed separately) for every model trained: SFT, the ReFT policy and
+    its separate value model, online self-training. Only the adapters (and the value head, in full) get
+    gradients and optimizer state; saved checkpoints hold the merged weights, so they stay plain HF directories."""
+
+    enabled: bool = False
+    r: int = 8
+    """Rank of each adapter."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter's update is multiplied by ``alpha / r``."""
+    dropout: float = 0.0
+    """Dropout on the adapter input; only where the model trains in train mode (SFT), not in ReFT (eval mode)."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names to adapt (e.g. ``q_proj,v_proj``), or ``all-linear`` (every linear layer
+    but the output layer)."""
+
+
+@dataclass
 class ModelConfig:
     path: str | None = None
     """HF model directory (``reftkit model import`` brings GGUF files in); None builds the ``tiny`` preset."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of storing them (less memory,
+    about a third more compute); active whenever gradients are taken, eval mode (ReFT) included."""
 
 
 @dataclass
@@ -124,6 +146,12 @@ class ReFTConfig:
     partial_reward: bool = True
     value_model: str = "shared"
     """``shared``: value head on the policy trunk (the paper); ``separate``: a value model copied from the warm-up."""
+    ref_model: str = "copy"
+    """The frozen KL reference: ``copy`` (a copy of the warm-up) or ``lora_off`` (with ``model.lora``: the policy
+    with its adapters switched off, which is exactly the warm-up, so no second copy of the weights is kept)."""
+    ref_device: str = "same"
+    """Where a ``copy`` reference lives: ``same`` (the training device) or ``cpu`` (frees its device memory; its
+    forward pass then runs on the CPU in float32)."""
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -223,6 +251,8 @@ _CHOICES = {
     "task.answer_type": ("numeric", "mcq"),
     "mixed_precision": ("auto", "bf16", "fp16", "no"),
     "reft.value_model": ("shared", "separate"),
+    "reft.ref_model": ("copy", "lora_off"),
+    "reft.ref_device": ("same", "cpu"),
 }
 _POSITIVE = set(
     """
@@ -234,6 +264,7 @@ _POSITIVE = set(
     reft.value_lr reft.max_steps sample.train_n sample.temperature sample.max_new_tokens
     sample.questions_per_batch sample.vote_draws self_training.max_per_question self_training.offline_epochs
     rm.epochs rm.lr rm.batch_size rm.max_length checkpoint.keep_last checkpoint.max_nonfinite_in_row
+    model.lora.r model.lora.alpha
     """.split()
 )
 _NON_NEGATIVE = set(
@@ -367,6 +398,15 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("rm.enabled: reranking needs sampled test chains; set sample.n (e.g. sample.n=8)")
     if config.model.tiny.hidden_size % config.model.tiny.num_heads:
         raise ConfigError("model.tiny.hidden_size: must be a multiple of model.tiny.num_heads")
+    lora = config.model.lora
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora.dropout: must be in [0, 1), got {lora.dropout}")
+    if not [m for m in lora.target_modules.split(",") if m.strip()]:
+        raise ConfigError("model.lora.target_modules: give module names (e.g. q_proj,v_proj) or all-linear")
+    if config.reft.ref_model == "lora_off" and not lora.enabled:
+        raise ConfigError("reft.ref_model: lora_off needs model.lora.enabled=true; or use reft.ref_model=copy")
+    if config.reft.ref_model == "lora_off" and config.reft.ref_device != "same":
+        raise ConfigError("reft.ref_device: a lora_off reference is the policy itself; use reft.ref_device=same")
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -421,6 +461,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a finite float, got {value!r}")
     if hint in (int, str, bool) and type(value) is hint:
         return value
+    if hint is str and value is False:  # YAML 1.1 reads a bare no (mixed_precision=no) as false
+        return "no"
     if hint is bool:
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -118,12 +118,18 @@ def whiten(x: Tensor, mask: Tensor, sums: Tensor | None = None, eps: float = 1e-
 
 
 def policy_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    n_sequences: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, averaged per sequence over its tokens, then over sequences.
 
     The per-sequence mean is the ReFT reference's aggregation: every sample weighs the same, so a short
-    answer's tokens each weigh more than a long answer's.
+    answer's tokens each weigh more than a long answer's. ``n_sequences`` divides the sum over these rows
+    instead of their count: a process holding part of a minibatch passes the minibatch's size.
     """
     log_ratio = logp.float() - old_logp.float()
     ratio = torch.exp(log_ratio)
@@ -131,7 +137,7 @@ def policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
-    loss = masked_mean(per_token, mask, dim=1).mean()
+    loss = _mean_over_sequences(masked_mean(per_token, mask, dim=1), n_sequences)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -142,22 +148,31 @@ def policy_loss(
 
 
 def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float = 0.2
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_range: float = 0.2,
+    n_sequences: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss: the pessimistic max of the squared errors of the new and the clipped value.
 
     Clipping keeps the value head within ``clip_range`` of its rollout-time prediction per update, like
-    the policy ratio. Same per-sequence aggregation as ``policy_loss``; computed in float32.
+    the policy ratio. Same per-sequence aggregation (and ``n_sequences``) as ``policy_loss``; computed in float32.
     """
     v, v_old, ret = values.float(), old_values.float(), returns.float()
     v_clipped = v_old + (v - v_old).clamp(-clip_range, clip_range)
     unclipped = (v - ret).square()
     clipped = (v_clipped - ret).square()
     per_token = torch.maximum(unclipped, clipped)
-    loss = 0.5 * masked_mean(per_token, mask, dim=1).mean()
+    loss = 0.5 * _mean_over_sequences(masked_mean(per_token, mask, dim=1), n_sequences)
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean((clipped > unclipped).float(), mask)}
     return loss, stats
+
+
+def _mean_over_sequences(per_sequence: Tensor, n_sequences: int | None) -> Tensor:
+    return per_sequence.mean() if n_sequences is None else per_sequence.sum() / n_sequences
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:

@@ -8,10 +8,12 @@ rows at other positions than it sampled them, REFERENCE.md F.5).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from reftkit.distributed import gather_rows, owned, reduce_max, world
 from reftkit.models import position_ids_from_mask
 
 
@@ -53,7 +55,18 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> Batch:
     return Batch(ids, mask)
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None):
+def _pick(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    noise_rows: tuple[list[int], int] | None = None,
+) -> torch.Tensor:
+    """The next token per row. Sampling is ``argmax(p / q)`` with ``q ~ Exp(1)``, which is exactly what
+    ``torch.multinomial(p, 1)`` computes; with ``noise_rows`` = (these rows, rows of the global batch) the
+    noise is drawn for the whole global batch and these rows taken from it, so a process sampling its share
+    of a batch draws the same tokens as one process sampling all of it."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -67,7 +80,13 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    rows, total = noise_rows if noise_rows is not None else (None, probs.size(0))
+    noise = _exponential_noise(total, probs.size(-1), probs.device, generator)
+    return (probs / (noise if rows is None else noise[rows])).argmax(-1)
+
+
+def _exponential_noise(rows: int, vocab: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.empty((rows, vocab), device=device).exponential_(1, generator=generator)
 
 
 @torch.no_grad()
@@ -87,8 +106,69 @@ def generate(
     """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt.
 
     With ``num_samples`` > 1 each prompt is encoded once and its KV cache repeated for its samples; the
-    rows of the result are prompt 0's samples, then prompt 1's, and so on.
+    rows of the result are prompt 0's samples, then prompt 1's, and so on. Under several processes each
+    generates the samples of its share of the prompts and every process gets all of them back
+    (``reftkit.distributed``); the samples are the ones one process would draw, up to rounding.
     """
+    settings: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
+        top_p=top_p, generator=generator, num_samples=num_samples, return_logprobs=return_logprobs,
+    )  # fmt: skip
+    if world()[1] == 1:
+        return _generate_rows(model, prompts, **settings)
+    n = prompts.ids.size(0)
+    mine = owned(n)
+    rows = [j * num_samples + s for j in mine for s in range(num_samples)]
+    local = None
+    if mine:
+        batch = Batch(prompts.ids[mine], prompts.mask[mine])
+        local = _generate_rows(model, batch, **settings, noise_rows=(rows, n * num_samples))
+    steps = local.ids.size(1) if local is not None else 0
+    width = reduce_max(steps)
+    if temperature > 0:  # draw what the longer shares drew, so every generator stays in step
+        device = next(model.parameters()).device
+        for _ in range(width - steps):
+            _exponential_noise(n * num_samples, model.get_output_embeddings().out_features, device, generator)
+    return _gather_responses(local, n, num_samples, width, pad_id)
+
+
+def _gather_responses(local: Responses | None, n: int, k: int, width: int, pad_id: int) -> Responses:
+    """Every process's responses in global row order, right-padded to ``width`` tokens."""
+    per_prompt = []
+    if local is not None:
+        pad = width - local.ids.size(1)
+        fields = [
+            torch.nn.functional.pad(local.ids, (0, pad), value=pad_id),
+            torch.nn.functional.pad(local.mask, (0, pad)),
+            local.truncated,
+            None if local.logprobs is None else torch.nn.functional.pad(local.logprobs, (0, pad)),
+        ]
+        fields = [None if f is None else f.cpu() for f in fields]
+        per_prompt = [tuple(None if f is None else f[j : j + k] for f in fields) for j in range(0, len(local.ids), k)]
+    rows = gather_rows(per_prompt, n)
+    device = local.ids.device if local is not None else torch.device("cpu")
+    ids, mask, truncated, logprobs = (
+        None if rows[0][i] is None else torch.cat([r[i] for r in rows]).to(device) for i in range(4)
+    )
+    return Responses(ids=ids, mask=mask, truncated=truncated, logprobs=logprobs)
+
+
+@torch.no_grad()
+def _generate_rows(
+    model: PreTrainedModel,
+    prompts: Batch,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    num_samples: int = 1,
+    return_logprobs: bool = False,
+    noise_rows: tuple[list[int], int] | None = None,
+) -> Responses:
+    """``generate`` in this process; ``noise_rows`` places its rows in the global batch (see ``_pick``)."""
     device = next(model.parameters()).device
     mask = prompts.mask.to(device)
     positions = position_ids_from_mask(mask)
@@ -102,7 +182,7 @@ def generate(
     tokens, alive, logps = [], [], []
     next_pos = positions[:, -1:] + 1
     for _ in range(max_new_tokens):
-        token = _pick(logits, temperature, top_k, top_p, generator)
+        token = _pick(logits, temperature, top_k, top_p, generator, noise_rows)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         if return_logprobs:
             logp = logits.float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from reftkit.config import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
+from reftkit.distributed import barrier, is_main
 from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
@@ -52,7 +53,9 @@ def prepare_run_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
     if resume:
         return
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # an overwritten run must not resume the old one
+    # an overwritten run must not resume the old one, nor reuse its base model (built for another task)
+    for folder in (RESUME_DIR, "checkpoints"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
@@ -64,7 +67,8 @@ def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | No
         known = json.loads(path.read_text())
         return known["command"], known["commit"]
     identity = {"command": command, "commit": _git_commit()}
-    write_text_atomically(path, json.dumps(identity) + "\n")
+    if is_main():
+        write_text_atomically(path, json.dumps(identity) + "\n")
     return identity["command"], identity["commit"]
 
 
@@ -73,11 +77,12 @@ def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     if config.model.path:
         return Path(config.model.path)
     target = out / "checkpoints" / "base"
-    if (target / "config.json").is_file():  # written atomically: a resumed run keeps its model and tokenizer
-        return target
-    cot = config.task.cot
-    texts = [prompt_text(p, cot) + target_text(p, cot) for p in data.train]  # type: ignore[arg-type]
-    return write_atomically(target, lambda tmp: build_tiny(texts, config.model.tiny, tmp, seed=config.seed))
+    if is_main() and not (target / "config.json").is_file():  # a resumed run keeps its model and tokenizer
+        cot = config.task.cot
+        texts = [prompt_text(p, cot) + target_text(p, cot) for p in data.train]  # type: ignore[arg-type]
+        write_atomically(target, lambda tmp: build_tiny(texts, config.model.tiny, tmp, seed=config.seed))
+    barrier()  # the other processes load what the main one wrote
+    return target
 
 
 def _quiet_transformers() -> None:
@@ -93,9 +98,11 @@ def _stage_setup(
     _quiet_transformers()
     data = load_task(config.task)
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
-    prepare_run_dir(out, overwrite, resume)
-    if not resume:
-        write_text_atomically(out / "config.yaml", dump_yaml(config))
+    if is_main():  # one process owns the run folder; the others only read what it wrote
+        prepare_run_dir(out, overwrite, resume)
+        if not resume:
+            write_text_atomically(out / "config.yaml", dump_yaml(config))
+    barrier()
     set_seed(config.seed)
     log = MetricsLog(out / "metrics.jsonl", resuming=resume)
     return make_accelerator(config.mixed_precision), log, data
@@ -238,6 +245,8 @@ def run_pipeline(
     if samples_per_second:
         summary["samples_per_second"] = samples_per_second
     summary |= {"command": command, "commit": commit}
+    if not is_main():
+        return summary
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots = plot_run(out)
     if inference is not None:
@@ -279,7 +288,9 @@ def _sample_to_file(
     if rm is not None:
         samples = _scored(config, rm, {p.id: p for p in problems}, samples, accelerator)
         meta["scored_by"] = rm[2]
-    write_samples(path, samples, meta | {"sample": asdict(config.sample)} | stats)
+    if is_main():
+        write_samples(path, samples, meta | {"sample": asdict(config.sample)} | stats)
+    barrier()
     return samples, stats
 
 
@@ -532,7 +543,8 @@ def run_sft_stage(
     base = base_model_dir(config, data, out)
     tokenizer = load_tokenizer(base)
     result = train_sft(config, load_causal_lm(base, tokenizer), tokenizer, data, out, log, accelerator)
-    plot_run(out)
+    if is_main():
+        plot_run(out)
     return {
         "warmup": str(result.warmup_dir),
         "best": str(result.best_dir),
@@ -568,8 +580,9 @@ def run_reft_stage(
         **{f"{test_name}_acc": r.accuracy for test_name, r in tests.items()},
     }
     summary |= {"wall_seconds": round(log.elapsed(), 1), "command": command, "commit": commit}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_run(out)
+    if is_main():
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_run(out)
     return summary
 
 
@@ -590,7 +603,7 @@ def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path |
             desc=f"eval {split}",
             answer_type=data.answer_type,
         )
-    if predictions is not None:
+    if predictions is not None and is_main():
         write_predictions(predictions, problems, result)
     return {
         "model": model_path,

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from reftkit.config import TrainingError
+from reftkit.distributed import is_main
 from reftkit.evaluation import evaluate_greedy
 from reftkit.rollout import Batch, Responses, generate, left_pad
 
@@ -33,7 +34,11 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mixed_precision = "bf16" if _cpu_has_fast_bf16() else "no"
-    return Accelerator(mixed_precision=mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    if (plugin := accelerator.state.deepspeed_plugin) is not None:
+        # reftkit batches its own rows (no DataLoader), and DeepSpeed's prepare() wants a micro-batch size
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    return accelerator
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -55,8 +60,11 @@ class MetricsLog:
         self.path = path
         self.start = time.time() if start_time is None else start_time
         self._cut_at: int | None = 0 if resuming else None  # resuming with nothing finished: start afresh
+        self.writes = is_main()  # under several processes the main one keeps the log
 
     def write(self, stage: str, step: int, **figures: Any) -> dict[str, Any]:
+        if not self.writes:
+            return {}
         if self._cut_at is not None:
             with self.path.open("a") as fh:
                 fh.truncate(self._cut_at)
@@ -218,10 +226,15 @@ def apply_gradients(
 ) -> torch.Tensor:
     """One optimiser step on ``loss``: backward, clip the gradient norm, step (and the schedule), zero grads.
     With a ``guard``, a non-finite loss or gradient norm skips the optimiser step (the schedule
-    still advances with the data). Returns the gradient norm before clipping."""
+    still advances with the data). Returns the gradient norm before clipping (nan under DeepSpeed, which
+    clips, and steps, inside ``backward``)."""
     accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-    finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm))
+    if grad_norm is None:
+        grad_norm = torch.tensor(float("nan"))
+        finite = torch.isfinite(loss.detach())
+    else:
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm))
     if guard is None or guard.ok(finite, "loss or gradient norm"):
         optimizer.step()
     if scheduler is not None:

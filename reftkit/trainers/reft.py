@@ -20,7 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from reftkit import ppo
 from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import RunConfig
-from reftkit.models import PolicyWithValue, load_causal_lm, position_ids_from_mask
+from reftkit.distributed import local_rows, owned, world
+from reftkit.models import PolicyWithValue, load_trainable_lm, position_ids_from_mask, reference_model
 from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts
 from reftkit.tasks.base import CoT, TaskData, prompt_text
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
@@ -49,12 +50,17 @@ class ReFTResult:
 
 @dataclass
 class Experience:
-    """One step's rollouts, scored; per-token tensors are response-aligned [N, R] (see ``reftkit.ppo``)."""
+    """One step's rollouts, scored; per-token tensors are response-aligned [N, R] (see ``reftkit.ppo``).
+
+    Under several processes each holds the rows ``rows`` of the step's ``n_rows`` (``reftkit.distributed``).
+    """
 
     input_ids: torch.Tensor  # [N, P + R] prompt (left-padded) then response (right-padded)
     attention_mask: torch.Tensor  # [N, P + R]
     prompt_width: int  # P
     responses: Responses
+    rows: list[int]
+    n_rows: int
     old_logp: torch.Tensor
     old_values: torch.Tensor
     ref_logp: torch.Tensor
@@ -110,14 +116,11 @@ def train_reft(
     checkpoints = StageCheckpoints(out_dir, "reft", config.checkpoint, log, accelerator)
     if (done := checkpoints.finished()) is not None:
         return result_from_json(ReFTResult, done)
-    value_lm = load_causal_lm(warmup_dir, tokenizer) if cfg.value_model == "separate" else None
-    policy = PolicyWithValue(load_causal_lm(warmup_dir, tokenizer), value_lm)
-    ref = load_causal_lm(warmup_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    value_params = [p for name, p in policy.named_parameters() if not name.startswith("lm.")]
-    groups = [
-        {"params": list(policy.lm.parameters()), "lr": cfg.lr},
-        {"params": value_params, "lr": cfg.value_lr or cfg.lr},
-    ]
+    lm_options = (tokenizer, config.model, config.seed)
+    value_lm = load_trainable_lm(warmup_dir, *lm_options) if cfg.value_model == "separate" else None
+    policy = PolicyWithValue(load_trainable_lm(warmup_dir, *lm_options), value_lm)
+    ref = reference_model(warmup_dir, tokenizer, cfg, policy.lm, accelerator.device)
+    groups = policy.param_groups(cfg.lr, cfg.value_lr or cfg.lr)
     optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
@@ -159,15 +162,17 @@ def train_reft(
         if guard.ok(torch.isfinite(exp.advantages).all() & torch.isfinite(exp.returns).all(), "KL or value"):
             stats = ppo_update(policy, optimizer, exp, config, accelerator, guard)
         counts = outcome_counts(graded)
-        mask = exp.responses.mask
+        old_logp, ref_logp, old_values, returns, mask = (
+            accelerator.gather(t) for t in (exp.old_logp, exp.ref_logp, exp.old_values, exp.returns, exp.responses.mask)
+        )  # every process's rows, for the logged figures
         figures = {
             "reward": scores.mean(),
             **{f"frac_{k}": v / len(graded) for k, v in counts.items()},
-            "kl": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k1") * mask).sum(1).mean(),  # per sequence
-            "kl_k3": (ppo.kl_penalty(exp.old_logp, exp.ref_logp, "k3") * mask).sum(1).mean(),
+            "kl": (ppo.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean(),  # per sequence
+            "kl_k3": (ppo.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean(),
             "response_length": mask.sum(1).mean(),
-            "truncated": exp.responses.truncated.float().mean(),
-            "explained_variance": ppo.explained_variance(exp.old_values, exp.returns, mask),
+            "truncated": responses.truncated.float().mean(),
+            "explained_variance": ppo.explained_variance(old_values, returns, mask),
             "step_seconds": time.time() - started,
             **stats,
         }
@@ -200,11 +205,17 @@ def make_experience(
     config: RunConfig,
     accelerator: Accelerator,
 ) -> Experience:
-    """Score the rollouts once and turn them into advantages and returns."""
+    """Score this process's rows of the rollouts once and turn them into advantages and returns."""
     cfg = config.reft
     device = accelerator.device
-    input_ids = torch.cat([batch.ids.to(device), responses.ids], dim=1)
-    attention_mask = torch.cat([batch.mask.to(device), responses.mask.long()], dim=1)
+    n_rows = len(scores)
+    rows = owned(n_rows)
+    input_ids = local_rows(torch.cat([batch.ids.to(device), responses.ids], dim=1), rows)
+    attention_mask = local_rows(torch.cat([batch.mask.to(device), responses.mask.long()], dim=1), rows)
+    responses = Responses(
+        local_rows(responses.ids, rows), local_rows(responses.mask, rows), local_rows(responses.truncated, rows)
+    )
+    scores = local_rows(scores, rows)
     width = batch.ids.size(1)
     with accelerator.autocast():
         old_logp, old_values = score(policy, input_ids, attention_mask, width, responses.ids)
@@ -216,7 +227,9 @@ def make_experience(
     if cfg.whiten_advantages:
         sums = accelerator.reduce(ppo.masked_sums(advantages, mask), reduction="sum")
         advantages = ppo.whiten(advantages, mask, sums)
-    return Experience(input_ids, attention_mask, width, responses, old_logp, old_values, ref_logp, advantages, returns)
+    return Experience(
+        input_ids, attention_mask, width, responses, rows, n_rows, old_logp, old_values, ref_logp, advantages, returns
+    )
 
 
 def ppo_update(
@@ -229,23 +242,27 @@ def ppo_update(
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic."""
     cfg = config.reft
-    n = exp.input_ids.size(0)
     totals: dict[str, float] = {}
     updates = 0
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(n).split(cfg.minibatch_size):
+        for global_mb in torch.randperm(exp.n_rows).split(cfg.minibatch_size):
+            mb, scale, n_sequences = _local_minibatch(global_mb, exp.rows)
             mask = exp.responses.mask[mb]
             with accelerator.autocast():
                 logp, values = score(
                     policy, exp.input_ids[mb], exp.attention_mask[mb], exp.prompt_width, exp.responses.ids[mb]
                 )
-            pg_loss, pg_stats = ppo.policy_loss(logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps)
-            vf_loss, vf_stats = ppo.value_loss(values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip)
-            loss = pg_loss + cfg.vf_coef * vf_loss
+            pg_loss, pg_stats = ppo.policy_loss(
+                logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps, n_sequences
+            )
+            vf_loss, vf_stats = ppo.value_loss(
+                values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip, n_sequences
+            )
+            loss = scale * (pg_loss + cfg.vf_coef * vf_loss)
             grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard)
             figures = {
-                "policy_loss": pg_loss,
-                "value_loss": vf_loss,
+                "policy_loss": scale * pg_loss,  # the process mean of these is the minibatch's loss
+                "value_loss": scale * vf_loss,
                 "grad_norm": grad_norm,
                 **pg_stats,
                 **vf_stats,
@@ -253,7 +270,29 @@ def ppo_update(
             for key, value in figures.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach() if isinstance(value, torch.Tensor) else value)
             updates += 1
-    return {key: value / updates for key, value in totals.items()}
+    means = {key: value / updates for key, value in totals.items()}
+    if world()[1] == 1:
+        return means
+    across = accelerator.reduce(torch.tensor(list(means.values()), device=accelerator.device), reduction="mean")
+    return dict(zip(means, across.tolist(), strict=True))
+
+
+def _local_minibatch(global_mb: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, float, int | None]:
+    """(this process's rows of a minibatch of global rows, loss scale, sequences the loss is averaged over).
+
+    One process: the minibatch itself, scale 1, its own size. Several: the loss is summed over the process's
+    rows and divided by the minibatch's size, times the number of processes because DDP averages gradients;
+    a process with no row of the minibatch still runs one row at scale 0, so that every process takes part
+    in the gradient all-reduce.
+    """
+    size = world()[1]
+    if size == 1:
+        return global_mb, 1.0, None
+    where = {row: i for i, row in enumerate(rows)}
+    mine = [where[r] for r in global_mb.tolist() if r in where]
+    if not mine:
+        return torch.tensor([0]), 0.0, 1
+    return torch.tensor(mine), float(size), len(global_mb)
 
 
 def _save(accelerator: Accelerator, policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:

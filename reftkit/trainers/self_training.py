@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from reftkit.answers import Outcome, grade_batch
 from reftkit.config import RunConfig
-from reftkit.models import load_causal_lm
+from reftkit.models import load_trainable_lm, trainable_parameters
 from reftkit.rollout import decode_responses, encode_prompts
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
@@ -37,7 +37,7 @@ from reftkit.trainers.common import (
     validation_accuracy,
 )
 from reftkit.trainers.reft import ReFTResult
-from reftkit.trainers.sft import collate, save_model, sft_loss, tokenize_examples
+from reftkit.trainers.sft import batch_sft_loss, save_model, tokenize_examples
 
 
 def chain_from_completion(problem: Problem, completion: str, cot: CoT) -> str | None:
@@ -89,8 +89,8 @@ def train_online_st(
     checkpoints = StageCheckpoints(out_dir, "online_st", config.checkpoint, log, accelerator)
     if (done := checkpoints.finished()) is not None:
         return result_from_json(ReFTResult, done)
-    model = load_causal_lm(warmup_dir, tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+    model = load_trainable_lm(warmup_dir, tokenizer, config.model, config.seed)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, as in ReFT
     prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
@@ -136,11 +136,11 @@ def train_online_st(
         ]
         losses = []
         for _ in range(cfg.ppo_epochs):
-            loss = 0.5 * _ce(model, [gold[q] for q in questions], tokenizer, accelerator)
+            loss = 0.5 * batch_sft_loss(model, [gold[q] for q in questions], tokenizer.pad_token_id, accelerator)
             if correct:
-                loss = loss + 0.5 * _ce(model, correct, tokenizer, accelerator)
+                loss = loss + 0.5 * batch_sft_loss(model, correct, tokenizer.pad_token_id, accelerator)
             apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, guard=guard)
-            losses.append(loss.item())
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
         frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
         log.write(
             "online_st",
@@ -162,14 +162,3 @@ def train_online_st(
     result = ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)
     checkpoints.finish(result_to_json(result))
     return result
-
-
-def _ce(
-    model: torch.nn.Module,
-    examples: list[tuple[list[int], int]],
-    tokenizer: PreTrainedTokenizerBase,
-    accelerator: Accelerator,
-) -> torch.Tensor:
-    ids, mask, labels = (t.to(accelerator.device) for t in collate(examples, tokenizer.pad_token_id))
-    with accelerator.autocast():
-        return sft_loss(model, ids, mask, labels)

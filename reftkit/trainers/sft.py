@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from reftkit.config import RunConfig
+from reftkit.distributed import owned, world
 from reftkit.evaluation import evaluate_greedy
-from reftkit.models import position_ids_from_mask
+from reftkit.models import position_ids_from_mask, prepare_for_training, save_lm, trainable_parameters
 from reftkit.rollout import encode_prompts
 from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
@@ -87,11 +88,37 @@ def epoch_batches(
                 yield epoch, batch, i == len(batches) - 1
 
 
-def sft_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def sft_loss(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of the target tokens: their mean, or (``reduction="sum"``) their sum."""
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE
+        logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction=reduction
     )
+
+
+def batch_sft_loss(
+    model: torch.nn.Module, examples: list[tuple[list[int], int]], pad_id: int, accelerator: Accelerator
+) -> torch.Tensor:
+    """Token-mean cross-entropy of a global batch of (ids, prompt length) examples.
+
+    Under several processes each computes its share of the rows: the sum of its tokens' losses over the
+    batch's token count, times the number of processes, so that DDP's gradient average is the gradient of
+    the one-process loss. The value returned is then this process's part; ``accelerator.reduce(...,
+    "mean")`` gives the batch's loss.
+    """
+    size = world()[1]
+    if size == 1:
+        ids, mask, labels = (t.to(accelerator.device) for t in collate(examples, pad_id))
+        with accelerator.autocast():
+            return sft_loss(model, ids, mask, labels)
+    mine = [examples[i] for i in owned(len(examples))]
+    targets = sum(len(seq) - max(n_prompt, 1) for seq, n_prompt in examples)  # labels shift by one
+    ids, mask, labels = (t.to(accelerator.device) for t in collate(mine or examples[:1], pad_id))
+    with accelerator.autocast():
+        total = sft_loss(model, ids, mask, labels, reduction="sum")
+    return total * (size / targets if mine else 0.0)
 
 
 def train_sft(
@@ -126,7 +153,8 @@ def train_sft(
         raise ValueError(f"train_sft({name!r}) needs epochs")
     examples = tokenize_examples(tokenizer, data.train, cot)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    model = prepare_for_training(model, config.model, config.seed)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
     total_steps = total_epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -170,21 +198,18 @@ def train_sft(
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
     model.train()
     for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
-        ids, mask, labels = (
-            t.to(accelerator.device) for t in collate([examples[j] for j in batch], tokenizer.pad_token_id)
-        )
-        with accelerator.autocast():
-            loss = sft_loss(model, ids, mask, labels)
+        loss = batch_sft_loss(model, [examples[j] for j in batch], tokenizer.pad_token_id, accelerator)
         step = guard.step = step + 1
         grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
-        epoch_loss += loss.item()
+        batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+        epoch_loss += batch_loss
         bar.update(1)
-        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
         log.write(
             stage,
             step,
             epoch=step / steps_per_epoch,
-            loss=loss.item(),
+            loss=batch_loss,
             grad_norm=grad_norm,
             lr=scheduler.get_last_lr()[0],
         )
@@ -206,5 +231,5 @@ def save_model(
 ) -> None:
     """An HF directory (weights + tokenizer), written atomically by the main process."""
     if accelerator.is_main_process:
-        write_atomically(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+        write_atomically(target, lambda tmp: (save_lm(model, tmp), tokenizer.save_pretrained(tmp)))
     accelerator.wait_for_everyone()
