@@ -225,7 +225,7 @@ def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     forward = type(self).forward
     if not torch.is_grad_enabled():
         return forward(self, *args, **kwargs)
-    for key in ("past_key_values", "past_key_value", "layer_past"):  # the recompute would write a cache twice
+    for key in ("cache", "past_key_values", "past_key_value", "layer_past"):  # a recompute would write it twice
         if kwargs.get(key) is not None:
             kwargs[key] = None
     return torch.utils.checkpoint.checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
