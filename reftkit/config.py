@@ -152,6 +152,10 @@ class ReFTConfig:
     ref_device: str = "same"
     """Where a ``copy`` reference lives: ``same`` (the training device) or ``cpu`` (frees its device memory; its
     forward pass then runs on the CPU in float32)."""
+    rollout_backend: str = "auto"
+    """How rollouts (ReFT, online self-training) decode: ``auto`` (the lean decoder of ``reftkit.fast_decode``
+    for Llama, Mistral and Qwen2 models, else the model's HF forward), ``hf``, ``lean``, or ``vllm`` (a CUDA GPU
+    with vLLM installed: ``reftkit.vllm_rollout``, weights synced after every PPO update)."""
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -253,6 +257,7 @@ _CHOICES = {
     "reft.value_model": ("shared", "separate"),
     "reft.ref_model": ("copy", "lora_off"),
     "reft.ref_device": ("same", "cpu"),
+    "reft.rollout_backend": ("auto", "hf", "lean", "vllm"),
 }
 _POSITIVE = set(
     """

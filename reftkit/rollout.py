@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.distributed import gather_rows, owned, reduce_max, world
-from reftkit.models import position_ids_from_mask
+from reftkit.fast_decode import make_decoder
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _pick(
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
-    noise_rows: tuple[list[int], int] | None = None,
+    noise_rows: tuple[torch.Tensor | list[int], int] | None = None,
 ) -> torch.Tensor:
     """The next token per row. Sampling is ``argmax(p / q)`` with ``q ~ Exp(1)``, which is exactly what
     ``torch.multinomial(p, 1)`` computes; with ``noise_rows`` = (these rows, rows of the global batch) the
@@ -102,6 +102,7 @@ def generate(
     generator: torch.Generator | None = None,
     num_samples: int = 1,
     return_logprobs: bool = False,
+    decoder: str = "auto",
 ) -> Responses:
     """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt.
 
@@ -113,6 +114,7 @@ def generate(
     settings: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
         top_p=top_p, generator=generator, num_samples=num_samples, return_logprobs=return_logprobs,
+        decoder=decoder,
     )  # fmt: skip
     if world()[1] == 1:
         return _generate_rows(model, prompts, **settings)
@@ -166,45 +168,51 @@ def _generate_rows(
     generator: torch.Generator | None = None,
     num_samples: int = 1,
     return_logprobs: bool = False,
+    decoder: str = "auto",
     noise_rows: tuple[list[int], int] | None = None,
 ) -> Responses:
-    """``generate`` in this process; ``noise_rows`` places its rows in the global batch (see ``_pick``)."""
+    """``generate`` in this process; ``noise_rows`` places its rows in the global batch (see ``_pick``).
+
+    Finished rows stay in the decoder's batch until they are an eighth of it, then they are dropped, so rows
+    that ended early stop costing compute; every step still draws the noise of the whole global batch.
+    """
     device = next(model.parameters()).device
-    mask = prompts.mask.to(device)
-    positions = position_ids_from_mask(mask)
-    out = model(input_ids=prompts.ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True)
-    logits = out.logits[:, -1]
-    if num_samples > 1:
-        out.past_key_values.batch_repeat_interleave(num_samples)
-        mask, positions, logits = (t.repeat_interleave(num_samples, dim=0) for t in (mask, positions, logits))
-    batch = mask.size(0)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, alive, logps = [], [], []
-    next_pos = positions[:, -1:] + 1
-    for _ in range(max_new_tokens):
-        token = _pick(logits, temperature, top_k, top_p, generator, noise_rows)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        if return_logprobs:
-            logp = logits.float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
-            logps.append(torch.where(done, torch.zeros_like(logp), logp))
-        tokens.append(token)
-        alive.append(~done)
-        done = done | (token == eos_id)
-        if bool(done.all()) or len(tokens) == max_new_tokens:
+    steps = make_decoder(model, decoder)
+    logits = steps.start(prompts.ids.to(device), prompts.mask.to(device), num_samples, max_new_tokens)
+    batch = logits.size(0)
+    global_rows, total = noise_rows if noise_rows is not None else (list(range(batch)), batch)
+    global_rows = torch.tensor(global_rows, device=device)
+    ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((batch, max_new_tokens), device=device)
+    logprobs = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    held = torch.arange(batch, device=device)  # the rows in the decoder's batch, by their index in the result
+    for t in range(max_new_tokens):
+        live = ~ended[held]
+        rows = held[live]
+        token = _pick(logits[live], temperature, top_k, top_p, generator, (global_rows[rows], total))
+        ids[rows, t] = token
+        mask[rows, t] = 1.0
+        if logprobs is not None:
+            logprobs[rows, t] = logits[live].float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+        ended[rows] = token == eos_id
+        width = t + 1
+        if bool(ended.all()):
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            past_key_values=out.past_key_values,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1]
-        next_pos = next_pos + 1
-    ids = torch.stack(tokens, dim=1)
-    logprobs = torch.stack(logps, dim=1) if return_logprobs else None
-    return Responses(ids=ids, mask=torch.stack(alive, dim=1).float(), truncated=~done, logprobs=logprobs)
+        if t + 1 < max_new_tokens:
+            step_tokens = torch.full_like(held, pad_id)
+            step_tokens[live] = token
+            if steps.can_drop and 8 * int(ended[held].sum()) >= held.numel():
+                keep = (~ended[held]).nonzero().squeeze(1)
+                steps.keep(keep)
+                held, step_tokens = held[keep], step_tokens[keep]
+            logits = steps.step(step_tokens)
+    return Responses(
+        ids=ids[:, :width],
+        mask=mask[:, :width],
+        truncated=~ended,
+        logprobs=None if logprobs is None else logprobs[:, :width],
+    )
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, responses: Responses) -> list[str]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from reftkit.config import ReFTConfig, RunConfig
     from reftkit.tasks.base import TaskData
+    from reftkit.vllm_rollout import VLLMRollout
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -243,6 +244,16 @@ def apply_gradients(
     return grad_norm
 
 
+def rollout_engine(cfg: ReFTConfig, model_dir: Path) -> VLLMRollout | None:
+    """The vLLM engine for ``reft.rollout_backend=vllm``, started from ``model_dir``; else None (rollouts decode
+    in this process with ``reftkit.rollout.generate``)."""
+    if cfg.rollout_backend != "vllm":
+        return None
+    from reftkit.vllm_rollout import VLLMRollout
+
+    return VLLMRollout(model_dir, cfg)
+
+
 def sample_policy(
     lm: PreTrainedModel,
     prompts: list[list[int]],
@@ -251,22 +262,28 @@ def sample_policy(
     tokenizer: PreTrainedTokenizerBase,
     generator: torch.Generator,
     accelerator: Accelerator,
+    engine: VLLMRollout | None = None,
 ) -> tuple[Batch, Responses]:
     """``cfg.samples_per_question`` rollouts of each question (rows grouped by question, each prompt encoded
-    once) and the left-padded prompts repeated to match those rows."""
+    once) and the left-padded prompts repeated to match those rows; sampled by ``engine`` when one is given."""
     batch = left_pad([prompts[i] for i in questions], tokenizer.pad_token_id)
-    with accelerator.autocast():
-        responses = generate(
-            lm,
-            batch,
-            cfg.max_new_tokens,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-            cfg.temperature,
-            cfg.top_k,
-            cfg.top_p,
-            generator,
-            num_samples=cfg.samples_per_question,
-        )
     k = cfg.samples_per_question
+    if engine is not None:
+        chosen = [prompts[i] for i in questions]
+        responses = engine.sample(lm, chosen, k, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+    else:
+        with accelerator.autocast():
+            responses = generate(
+                lm,
+                batch,
+                cfg.max_new_tokens,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                cfg.temperature,
+                cfg.top_k,
+                cfg.top_p,
+                generator,
+                num_samples=k,
+                decoder=cfg.rollout_backend,
+            )
     return Batch(batch.ids.repeat_interleave(k, 0), batch.mask.repeat_interleave(k, 0)), responses

@@ -31,6 +31,7 @@ from reftkit.trainers.common import (
     Selection,
     apply_gradients,
     question_batches,
+    rollout_engine,
     sample_policy,
     step_plan,
     validation_accuracy,
@@ -144,6 +145,7 @@ def train_reft(
     start = checkpoints.load_stepwise(policy, optimizer, generators, selection, guard)
     if start == 0:
         validate(0, warmup_val_acc)
+    engine = rollout_engine(cfg, warmup_dir)
     bar = tqdm(total=total_steps, initial=start, desc="reft", unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
     for step, questions in batches:
@@ -151,7 +153,7 @@ def train_reft(
         started = time.time()
         rows = [q for q in questions for _ in range(cfg.samples_per_question)]
         batch, responses = sample_policy(
-            accelerator.unwrap_model(policy).lm, prompts, questions, cfg, tokenizer, sample_rng, accelerator
+            accelerator.unwrap_model(policy).lm, prompts, questions, cfg, tokenizer, sample_rng, accelerator, engine
         )
         problems = [data.train[i] for i in rows]
         texts = decode_responses(tokenizer, responses)

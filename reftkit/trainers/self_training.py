@@ -32,6 +32,7 @@ from reftkit.trainers.common import (
     Selection,
     apply_gradients,
     question_batches,
+    rollout_engine,
     sample_policy,
     step_plan,
     validation_accuracy,
@@ -112,13 +113,14 @@ def train_online_st(
     start = checkpoints.load_stepwise(model, optimizer, generators, selection, guard)
     if start == 0:
         validate(0, warmup_val_acc)
+    engine = rollout_engine(cfg, warmup_dir)
     bar = tqdm(total=total_steps, initial=start, desc="online-st", unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
     for step, questions in batches:
         guard.step = step
         started = time.time()
         _, responses = sample_policy(
-            accelerator.unwrap_model(model), prompts, questions, cfg, tokenizer, sample_rng, accelerator
+            accelerator.unwrap_model(model), prompts, questions, cfg, tokenizer, sample_rng, accelerator, engine
         )
         rows = [q for q in questions for _ in range(cfg.samples_per_question)]
         graded = grade_batch(
