@@ -141,6 +141,22 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
+def bench_config(args: argparse.Namespace):
+    """The default preset with the bench's batch: questions x k rows, temperature 1, no top-k / top-p."""
+    return load_config(
+        "default",
+        overrides=[
+            f"reft.questions_per_step={args.questions}",
+            f"reft.samples_per_question={args.k}",
+            f"reft.max_new_tokens={args.max_new_tokens}",
+            "reft.temperature=1.0",
+            "reft.top_k=0",
+            "reft.top_p=1.0",
+            f"reft.minibatch_size={min(32, args.questions * args.k)}",
+        ],
+    )
+
+
 def prepare_model(args: argparse.Namespace, config, data, folder: Path) -> Path:
     """One model directory both sides load: built with build_tiny, or ``--model`` normalised by reftkit's loaders."""
     target = folder / "model"
@@ -195,18 +211,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     rows = args.questions * args.k
-    config = load_config(
-        "default",
-        overrides=[
-            f"reft.questions_per_step={args.questions}",
-            f"reft.samples_per_question={args.k}",
-            f"reft.max_new_tokens={args.max_new_tokens}",
-            "reft.temperature=1.0",
-            "reft.top_k=0",
-            "reft.top_p=1.0",
-            f"reft.minibatch_size={min(32, rows)}",
-        ],
-    )
+    config = bench_config(args)
     minibatch = config.reft.minibatch_size
     if rows % minibatch:
         raise ConfigError(f"questions x k = {rows} must be a multiple of the PPO minibatch ({minibatch})")

@@ -34,15 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from rollout_vs_trl import COT, bench_config, prepare_model  # the same model, prompts and batch as that bench
 
-from reftkit.config import load_config
-from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models import load_causal_lm, load_tokenizer
 from reftkit.rollout import encode_prompts
 from reftkit.tasks import load_task
-from reftkit.tasks.base import prompt_text, target_text
+from reftkit.tasks.base import prompt_text
 from reftkit.trainers.common import make_accelerator, sample_policy
-
-COT = "python"
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
@@ -90,23 +88,11 @@ def main() -> None:
     hf_logging.set_verbosity_error()
 
     rows = args.questions * args.k
-    config = load_config(
-        "default",
-        overrides=[
-            f"reft.questions_per_step={args.questions}",
-            f"reft.samples_per_question={args.k}",
-            f"reft.max_new_tokens={args.max_new_tokens}",
-            f"reft.minibatch_size={min(32, rows)}",
-        ],
-    )
+    config = bench_config(args)
     data = load_task(config.task)
     problems = data.train[: args.questions]
     with tempfile.TemporaryDirectory(prefix="reftkit-util-") as tmp:
-        if args.model is None:
-            texts = [prompt_text(p, COT) + target_text(p, COT) for p in data.train]
-            model_dir = build_tiny(texts, config.model.tiny, Path(tmp) / "model", seed=config.seed)
-        else:
-            model_dir = Path(args.model)
+        model_dir = prepare_model(args, config, data, Path(tmp))
         tokenizer = load_tokenizer(model_dir)
         lm = load_causal_lm(model_dir, tokenizer).eval()
     accelerator = make_accelerator(config.mixed_precision)

@@ -61,12 +61,13 @@ def _pick(
     top_k: int,
     top_p: float,
     generator: torch.Generator | None,
-    noise_rows: tuple[torch.Tensor | list[int], int] | None = None,
+    rows: torch.Tensor,
+    total: int,
 ) -> torch.Tensor:
-    """The next token per row. Sampling is ``argmax(p / q)`` with ``q ~ Exp(1)``, which is exactly what
-    ``torch.multinomial(p, 1)`` computes; with ``noise_rows`` = (these rows, rows of the global batch) the
-    noise is drawn for the whole global batch and these rows taken from it, so a process sampling its share
-    of a batch draws the same tokens as one process sampling all of it."""
+    """The next token of each of ``rows`` (their places in a global batch of ``total`` rows). Sampling is
+    ``argmax(p / q)`` with ``q ~ Exp(1)``, which is exactly what ``torch.multinomial(p, 1)`` computes; the noise
+    is drawn for the whole global batch and these rows taken from it, so a process sampling its share of a
+    batch, or the rows of a batch that have not ended yet, draws the same tokens as one process sampling all."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -80,9 +81,8 @@ def _pick(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
-    rows, total = noise_rows if noise_rows is not None else (None, probs.size(0))
     noise = _exponential_noise(total, probs.size(-1), probs.device, generator)
-    return (probs / (noise if rows is None else noise[rows])).argmax(-1)
+    return (probs / noise[rows]).argmax(-1)
 
 
 def _exponential_noise(rows: int, vocab: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
@@ -105,6 +105,9 @@ def generate(
     decoder: str = "auto",
 ) -> Responses:
     """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt.
+
+    ``decoder`` picks the KV-cached decoder (``reftkit.fast_decode``): ``auto`` (the lean one for Llama-family
+    models, else the HF forward), ``hf`` or ``lean``.
 
     With ``num_samples`` > 1 each prompt is encoded once and its KV cache repeated for its samples; the
     rows of the result are prompt 0's samples, then prompt 1's, and so on. Under several processes each
@@ -190,7 +193,7 @@ def _generate_rows(
     for t in range(max_new_tokens):
         live = ~ended[held]
         rows = held[live]
-        token = _pick(logits[live], temperature, top_k, top_p, generator, (global_rows[rows], total))
+        token = _pick(logits[live], temperature, top_k, top_p, generator, global_rows[rows], total)
         ids[rows, t] = token
         mask[rows, t] = 1.0
         if logprobs is not None:

@@ -16,16 +16,16 @@ def test_sampling_is_torch_multinomial_bit_for_bit():
     probs_logits = torch.randn(6, 50)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     expected = torch.multinomial(probs_logits.softmax(-1), 1, generator=g1).squeeze(-1)
-    assert torch.equal(_pick(probs_logits, 1.0, 0, 1.0, g2), expected)
+    assert torch.equal(_pick(probs_logits, 1.0, 0, 1.0, g2, torch.arange(6), 6), expected)
     assert torch.equal(g1.get_state(), g2.get_state())  # the generators stay in step too
 
 
 def test_a_share_of_the_rows_samples_what_the_whole_batch_samples():
     logits = torch.randn(8, 40)
-    whole = _pick(logits, 0.7, 5, 0.9, torch.Generator().manual_seed(11))
+    whole = _pick(logits, 0.7, 5, 0.9, torch.Generator().manual_seed(11), torch.arange(8), 8)
     for rank in range(2):
         rows = list(range(rank, 8, 2))
-        share = _pick(logits[rows], 0.7, 5, 0.9, torch.Generator().manual_seed(11), noise_rows=(rows, 8))
+        share = _pick(logits[rows], 0.7, 5, 0.9, torch.Generator().manual_seed(11), torch.tensor(rows), 8)
         assert torch.equal(share, whole[rows])
 
 
