@@ -72,8 +72,8 @@ def lean_unsupported(model: torch.nn.Module) -> str | None:
     if getattr(inner.rotary_emb, "rope_type", "default") in ("dynamic", "longrope"):
         return f"rope type {inner.rotary_emb.rope_type!r} depends on the sequence length"
     window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True) and model_type != "llama":
-        return "sliding-window attention"
+    if window is not None and getattr(config, "use_sliding_window", True) and window < config.max_position_embeddings:
+        return f"sliding-window attention ({window} of {config.max_position_embeddings} positions)"
     first = inner.layers[0].self_attn
     if any(hasattr(first, name) for name in ("q_norm", "k_norm")):
         return "q/k norms"
@@ -126,7 +126,10 @@ class _Layer:
         self.o = attn.o_proj.weight.to(dtype)
         self.o_bias = None if attn.o_proj.bias is None else attn.o_proj.bias.to(dtype)
         self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(dtype)
+        self.gate_up_bias = None if mlp.gate_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
+        self.gate_up_bias = None if self.gate_up_bias is None else self.gate_up_bias.to(dtype)
         self.down = mlp.down_proj.weight.to(dtype)
+        self.down_bias = None if mlp.down_proj.bias is None else mlp.down_proj.bias.to(dtype)
         self.norm1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.norm2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
 
@@ -184,8 +187,8 @@ class LeanDecoder:
             out = out.view(b, heads, T, d).transpose(1, 2).reshape(b, T, heads * d).to(self.dtype)
             h = h + F.linear(out, layer.o, layer.o_bias)
             x = self._rms(h, layer.norm2, layer.eps2).to(self.dtype)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer.down)
+            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
         return h
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

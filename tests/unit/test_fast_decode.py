@@ -4,7 +4,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from reftkit.fast_decode import HFDecoder, LeanDecoder, lean_unsupported, make_decoder
 from reftkit.rollout import generate, left_pad
@@ -24,8 +33,12 @@ def model(kind: str, seed: int = 0) -> torch.nn.Module:
         return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=4)).eval()
     if kind == "llama_gqa":  # two query heads share each key/value head
         return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=False)).eval()
+    if kind == "llama_biases":  # biases on every projection, attention and MLP
+        return LlamaForCausalLM(LlamaConfig(**common, attention_bias=True, mlp_bias=True)).eval()
     if kind == "qwen2":  # biases on q, k, v
         return Qwen2ForCausalLM(Qwen2Config(**common, num_key_value_heads=2)).eval()
+    if kind == "mistral":
+        return MistralForCausalLM(MistralConfig(**common, num_key_value_heads=2, sliding_window=None)).eval()
     raise ValueError(kind)
 
 
@@ -51,7 +64,7 @@ def run_both(m: torch.nn.Module, autocast: bool) -> list[tuple[torch.Tensor, tor
     return pairs
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama_gqa", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "llama_gqa", "llama_biases", "qwen2", "mistral"])
 def test_lean_decoder_matches_the_hf_forward_in_float32(kind):
     for lean, hf in run_both(model(kind), autocast=False):
         assert lean.dtype == hf.dtype == torch.float32
@@ -144,6 +157,9 @@ def test_other_architectures_and_peft_models_use_the_hf_forward():
     wrapped = peft.get_peft_model(model("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
     assert lean_unsupported(wrapped) is not None and isinstance(make_decoder(wrapped), HFDecoder)
     assert lean_unsupported(model("qwen2")) is None
+    small = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    windowed = MistralForCausalLM(MistralConfig(**small, sliding_window=16, max_position_embeddings=64))
+    assert "sliding-window" in lean_unsupported(windowed)
 
 
 def test_vllm_outputs_become_right_padded_responses():
