@@ -117,12 +117,13 @@ from reftkit.trainers.reft import make_experience, ppo_update
 COT = "python"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(description: str = __doc__.split("\n")[0], repeats: int = 5) -> argparse.Namespace:
+    """The batch, model and timing options every rollout bench takes (this one and ``utilisation.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--questions", type=int, default=8, help="distinct training questions per batch")
     parser.add_argument("--k", type=int, default=4, help="samples per question")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds, after a warm-up")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--model", help="HF causal LM directory (default: build_tiny with the default preset)")
     args = parser.parse_args()

@@ -23,18 +23,22 @@ Take figures on an idle machine: under load both sides of the fraction move, and
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from rollout_vs_trl import COT, bench_config, prepare_model  # the same model, prompts and batch as that bench
+from rollout_vs_trl import (  # the same model, prompts and batch as that bench
+    COT,
+    bench_config,
+    parse_args,
+    prepare_model,
+    quiet,
+)
 
 from reftkit.models import load_causal_lm, load_tokenizer
 from reftkit.rollout import encode_prompts
@@ -72,20 +76,9 @@ def linear_params(model: torch.nn.Module) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--questions", type=int, default=8)
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model", help="HF causal LM directory (default: build_tiny with the default preset)")
-    args = parser.parse_args()
+    args = parse_args(__doc__.split("\n")[0], repeats=3)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet()
 
     rows = args.questions * args.k
     config = bench_config(args)

@@ -115,21 +115,26 @@ class HFDecoder:
         self.mask, self.next_pos = self.mask[rows], self.next_pos[rows]
 
 
+def _fused(linears: tuple[torch.nn.Linear, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights (and biases, where they have them) of ``linears`` stacked into one matmul, cast once; a
+    single linear's tensors are used as they are where the dtype already matches (no copy)."""
+
+    def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return (tensors[0] if len(tensors) == 1 else torch.cat(tensors)).to(dtype)
+
+    bias = None if linears[0].bias is None else stacked([linear.bias for linear in linears])
+    return stacked([linear.weight for linear in linears]), bias
+
+
 class _Layer:
     """One decoder layer's weights, fused and cast once."""
 
     def __init__(self, layer: torch.nn.Module, dtype: torch.dtype) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        self.qkv = torch.cat([p.weight for p in projections]).to(dtype)
-        self.qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections]).to(dtype)
-        self.o = attn.o_proj.weight.to(dtype)
-        self.o_bias = None if attn.o_proj.bias is None else attn.o_proj.bias.to(dtype)
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(dtype)
-        self.gate_up_bias = None if mlp.gate_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
-        self.gate_up_bias = None if self.gate_up_bias is None else self.gate_up_bias.to(dtype)
-        self.down = mlp.down_proj.weight.to(dtype)
-        self.down_bias = None if mlp.down_proj.bias is None else mlp.down_proj.bias.to(dtype)
+        self.qkv, self.qkv_bias = _fused((attn.q_proj, attn.k_proj, attn.v_proj), dtype)
+        self.o, self.o_bias = _fused((attn.o_proj,), dtype)
+        self.gate_up, self.gate_up_bias = _fused((mlp.gate_proj, mlp.up_proj), dtype)
+        self.down, self.down_bias = _fused((mlp.down_proj,), dtype)
         self.norm1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.norm2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
 
@@ -140,8 +145,7 @@ class LeanDecoder:
     can_drop = True
 
     def __init__(self, model: PreTrainedModel) -> None:
-        inner = model.model
-        self.model, self.inner = model, inner
+        self.inner = inner = model.model
         attn = inner.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         config = model.config
@@ -155,8 +159,7 @@ class LeanDecoder:
         # where batched matmuls run several times faster than in bf16 at decode shapes (same values, exact sums).
         self.cache_dtype = torch.float32 if device.type == "cpu" else self.dtype
         self.layers = [_Layer(layer, self.dtype) for layer in inner.layers]
-        self.lm_head = model.lm_head.weight.to(self.dtype)
-        self.lm_bias = None if model.lm_head.bias is None else model.lm_head.bias.to(self.dtype)
+        self.lm_head, self.lm_bias = _fused((model.lm_head,), self.dtype)
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return weight * F.rms_norm(x.float(), (x.size(-1),), eps=eps).to(x.dtype)
@@ -204,7 +207,9 @@ class LeanDecoder:
             return self._step(tokens)
 
     def keep(self, rows: torch.Tensor) -> None:
-        self._select(rows)
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+        self.key_bias, self.next_pos = self.key_bias[rows], self.next_pos[rows]
 
     def _explicit_dtypes(self) -> torch.autocast:
         """Every dtype here is chosen explicitly (from the autocast active at construction), so autocast's
@@ -233,7 +238,7 @@ class LeanDecoder:
         self.key_bias[:, 0, 0, :P] = torch.zeros_like(mask, dtype=torch.float).masked_fill(~valid, float("-inf"))
         self.next_pos, self.slot = positions[:, -1:] + 1, P
         if repeat > 1:
-            self._select(torch.arange(B, device=device).repeat_interleave(repeat))
+            self.keep(torch.arange(B, device=device).repeat_interleave(repeat))
             logits = logits.repeat_interleave(repeat, dim=0)
         return logits
 
@@ -244,8 +249,3 @@ class LeanDecoder:
         self.slot += 1
         self.next_pos = self.next_pos + 1
         return self._logits(h[:, -1])
-
-    def _select(self, rows: torch.Tensor) -> None:
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
-        self.key_bias, self.next_pos = self.key_bias[rows], self.next_pos[rows]

@@ -192,12 +192,12 @@ def _generate_rows(
     held = torch.arange(batch, device=device)  # the rows in the decoder's batch, by their index in the result
     for t in range(max_new_tokens):
         live = ~ended[held]
-        rows = held[live]
-        token = _pick(logits[live], temperature, top_k, top_p, generator, global_rows[rows], total)
+        rows, live_logits = held[live], logits[live]
+        token = _pick(live_logits, temperature, top_k, top_p, generator, global_rows[rows], total)
         ids[rows, t] = token
         mask[rows, t] = 1.0
         if logprobs is not None:
-            logprobs[rows, t] = logits[live].float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+            logprobs[rows, t] = live_logits.float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         ended[rows] = token == eos_id
         width = t + 1
         if bool(ended.all()):

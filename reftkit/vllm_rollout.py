@@ -113,7 +113,7 @@ def responses_from_outputs(outputs: Sequence[Any], eos_id: int, pad_id: int, dev
                 tokens.append(eos_id)
             rows.append(tokens)
             truncated.append(tokens[-1:] != [eos_id])
-    width = max(1, *(len(r) for r in rows)) if rows else 1
+    width = max([1, *map(len, rows)])
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width))
     for i, tokens in enumerate(rows):

@@ -266,10 +266,10 @@ def sample_policy(
 ) -> tuple[Batch, Responses]:
     """``cfg.samples_per_question`` rollouts of each question (rows grouped by question, each prompt encoded
     once) and the left-padded prompts repeated to match those rows; sampled by ``engine`` when one is given."""
-    batch = left_pad([prompts[i] for i in questions], tokenizer.pad_token_id)
+    chosen = [prompts[i] for i in questions]
+    batch = left_pad(chosen, tokenizer.pad_token_id)
     k = cfg.samples_per_question
     if engine is not None:
-        chosen = [prompts[i] for i in questions]
         responses = engine.sample(lm, chosen, k, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
     else:
         with accelerator.autocast():
