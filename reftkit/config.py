@@ -141,6 +141,10 @@ class ReFTConfig:
     clip_eps: float = 0.2
     value_clip: float = 0.2
     vf_coef: float = 5.0
+    value_warmup_steps: int = 0
+    """The first this many PPO steps train only the value head (and a separate value model); the policy stays
+    the warm-up. A zero-initialised head makes every early token's advantage about the same negative number
+    after whitening, which pushes the sampled tokens down regardless of their reward (REFERENCE.md G)."""
     grad_clip: float = 1.0
     whiten_advantages: bool = True
     partial_reward: bool = True
@@ -275,7 +279,8 @@ _POSITIVE = set(
 _NON_NEGATIVE = set(
     """
     task.n_heldout_test sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip
-    reft.vf_coef reft.grad_clip reft.top_k sample.n sample.top_k rm.weight_decay rm.grad_clip checkpoint.every_steps
+    reft.vf_coef reft.value_warmup_steps reft.grad_clip reft.top_k sample.n sample.top_k rm.weight_decay rm.grad_clip
+    checkpoint.every_steps
     """.split()
 )
 _UNIT_INTERVAL = {

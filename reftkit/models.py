@@ -333,9 +333,11 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_from: int = 0
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_from: int = 0, value_into_trunk: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``."""
+        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``.
+
+        ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
         position_ids = position_ids_from_mask(attention_mask)
         out = self.lm(
             input_ids=input_ids,
@@ -344,7 +346,7 @@ class PolicyWithValue(nn.Module):
             output_hidden_states=self.value_lm is None,
         )
         if self.value_lm is None:
-            hidden = out.hidden_states[-1]
+            hidden = out.hidden_states[-1] if value_into_trunk else out.hidden_states[-1].detach()
         else:
             hidden = self.value_lm(
                 input_ids=input_ids,

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,8 +224,11 @@ def apply_gradients(
     grad_clip: float,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     guard: NonFiniteGuard | None = None,
+    frozen: Iterable[torch.nn.Parameter] = (),
 ) -> torch.Tensor:
     """One optimiser step on ``loss``: backward, clip the gradient norm, step (and the schedule), zero grads.
+    ``frozen`` parameters lose their gradients before the step, so the optimiser neither moves them nor
+    counts the step in their state.
     With a ``guard``, a non-finite loss or gradient norm skips the optimiser step (the schedule
     still advances with the data). Returns the gradient norm before clipping (nan under DeepSpeed, which
     clips, and steps, inside ``backward``)."""
@@ -236,6 +239,8 @@ def apply_gradients(
         finite = torch.isfinite(loss.detach())
     else:
         finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm))
+    for param in frozen:
+        param.grad = None
     if guard is None or guard.ok(finite, "loss or gradient norm"):
         optimizer.step()
     if scheduler is not None:

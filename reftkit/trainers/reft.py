@@ -21,7 +21,13 @@ from reftkit import ppo
 from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
 from reftkit.config import RunConfig
 from reftkit.distributed import local_rows, owned, world
-from reftkit.models import PolicyWithValue, load_trainable_lm, position_ids_from_mask, reference_model
+from reftkit.models import (
+    PolicyWithValue,
+    load_trainable_lm,
+    position_ids_from_mask,
+    reference_model,
+    trainable_parameters,
+)
 from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts
 from reftkit.tasks.base import CoT, TaskData, prompt_text
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
@@ -75,9 +81,10 @@ def score(
     attention_mask: torch.Tensor,
     prompt_width: int,
     response_ids: torch.Tensor,
+    value_into_trunk: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the response tokens and the values of the states before them, both [N, R]."""
-    logits, values = policy(input_ids, attention_mask, logits_from=prompt_width - 1)
+    logits, values = policy(input_ids, attention_mask, prompt_width - 1, value_into_trunk)
     return ppo.logprobs_from_logits(logits[:, :-1], response_ids), values[:, :-1]
 
 
@@ -162,7 +169,7 @@ def train_reft(
         exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
         stats = {}
         if guard.ok(torch.isfinite(exp.advantages).all() & torch.isfinite(exp.returns).all(), "KL or value"):
-            stats = ppo_update(policy, optimizer, exp, config, accelerator, guard)
+            stats = ppo_update(policy, optimizer, exp, config, accelerator, guard, step <= cfg.value_warmup_steps)
         counts = outcome_counts(graded)
         old_logp, ref_logp, old_values, returns, mask = (
             accelerator.gather(t) for t in (exp.old_logp, exp.ref_logp, exp.old_values, exp.returns, exp.responses.mask)
@@ -241,18 +248,29 @@ def ppo_update(
     config: RunConfig,
     accelerator: Accelerator,
     guard: NonFiniteGuard | None = None,
+    value_only: bool = False,
 ) -> dict[str, float]:
-    """``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic."""
+    """``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic.
+
+    ``value_only`` (the value warm-up): the policy loss is weighted 0 and the value's gradient stops at a shared
+    trunk, so the policy's gradients are zero (every process still joins the all-reduce); they are dropped
+    before the optimiser step, which leaves the policy and its optimiser state as they were."""
     cfg = config.reft
     totals: dict[str, float] = {}
     updates = 0
+    frozen = trainable_parameters(accelerator.unwrap_model(policy).lm) if value_only else []
     for _ in range(cfg.ppo_epochs):
         for global_mb in torch.randperm(exp.n_rows).split(cfg.minibatch_size):
             mb, scale, n_sequences = _local_minibatch(global_mb, exp.rows)
             mask = exp.responses.mask[mb]
             with accelerator.autocast():
                 logp, values = score(
-                    policy, exp.input_ids[mb], exp.attention_mask[mb], exp.prompt_width, exp.responses.ids[mb]
+                    policy,
+                    exp.input_ids[mb],
+                    exp.attention_mask[mb],
+                    exp.prompt_width,
+                    exp.responses.ids[mb],
+                    value_into_trunk=not value_only,
                 )
             pg_loss, pg_stats = ppo.policy_loss(
                 logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps, n_sequences
@@ -260,8 +278,8 @@ def ppo_update(
             vf_loss, vf_stats = ppo.value_loss(
                 values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip, n_sequences
             )
-            loss = scale * (pg_loss + cfg.vf_coef * vf_loss)
-            grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard)
+            loss = scale * ((0.0 if value_only else 1.0) * pg_loss + cfg.vf_coef * vf_loss)
+            grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard, frozen=frozen)
             figures = {
                 "policy_loss": scale * pg_loss,  # the process mean of these is the minibatch's loss
                 "value_loss": scale * vf_loss,

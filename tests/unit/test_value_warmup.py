@@ -1,0 +1,59 @@
+"""The value warm-up (``reft.value_warmup_steps``): a value-only PPO update trains the value head (and a separate
+value model) and leaves the policy and its optimiser state exactly as they were; a normal update moves both."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from reftkit.config import TinyModelConfig, load_config
+from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
+from reftkit.rollout import encode_prompts, generate, left_pad
+from reftkit.trainers.reft import make_experience, ppo_update
+
+SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+TEXTS = ["Question:\nTom has 5 apples. He buys 3 more.\nAnswer reasoning:\n    a = 5\n    return a + 3"] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = build_tiny(TEXTS, SMALL, tmp_path_factory.mktemp("tiny"), seed=0)
+    return path, load_tokenizer(path)
+
+
+def one_update(tiny, value_model: str, value_only: bool):
+    """Policy and optimiser after one PPO update on four sampled rows with rewards 1, 0, 0.1, 1."""
+    path, tokenizer = tiny
+    config = load_config("micro", None, ["mixed_precision=no", f"reft.value_model={value_model}", "reft.lr=1e-2"])
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    value_lm = load_causal_lm(path, tokenizer) if value_model == "separate" else None
+    policy = PolicyWithValue(load_causal_lm(path, tokenizer), value_lm).eval()
+    ref = load_causal_lm(path, tokenizer).eval()
+    optimizer = torch.optim.AdamW(policy.param_groups(1e-2, 1e-2), weight_decay=0.0)
+    prompts = encode_prompts(tokenizer, ["Tom has 5 apples.", "He buys 3 more.", "Tom", "apples"])
+    batch = left_pad(prompts, tokenizer.pad_token_id)
+    responses = generate(
+        policy.lm, batch, 8, tokenizer.eos_token_id, tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0)
+    )
+    scores = torch.tensor([1.0, 0.0, 0.1, 1.0])
+    exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    ppo_update(policy, optimizer, exp, config, accelerator, value_only=value_only)
+    changed = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
+    with_state = {name for name, p in policy.named_parameters() if p in optimizer.state}
+    return changed, with_state
+
+
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_value_only_update_leaves_the_policy_and_its_optimiser_state_alone(tiny, value_model):
+    changed, with_state = one_update(tiny, value_model, value_only=True)
+    assert {"value_head.weight", "value_head.bias"} <= changed
+    assert not any(name.startswith("lm.") for name in changed | with_state)
+    separate = {name for name in changed if name.startswith("value_lm.")}
+    assert bool(separate) == (value_model == "separate")
+
+
+def test_normal_update_moves_the_policy_too(tiny):
+    changed, with_state = one_update(tiny, "shared", value_only=False)
+    assert any(name.startswith("lm.") for name in changed)
+    assert any(name.startswith("lm.") for name in with_state) and "value_head.weight" in changed
