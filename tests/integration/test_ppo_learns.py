@@ -1,0 +1,53 @@
+"""PPO end to end raises the reward it is given: the micro pipeline, with ReFT's grader replaced by one that pays
+1 for a completion of at most 40 characters and 0.1 otherwise, a reward an untrained model can learn (where to
+stop). Over 30 PPO steps at a high learning rate (3e-4, so that it takes seconds), the sampled reward of the
+last 10 steps must clearly exceed that of the first 10, with the value head at the policy's learning rate (the
+paper) and at its own, higher one, whose explained variance must then rise above zero.
+
+A sign error, a mask or GAE misalignment, or advantages that do not reach the policy would leave the reward flat
+or lower it; the pure functions are checked by hand in tests/unit/test_ppo.py, this is the wiring.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+import reftkit.trainers.reft as reft_trainer
+from reftkit.answers import Graded, Outcome
+from reftkit.config import load_config
+from reftkit.run import run_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def short_completion_reward(problems, completions, *args, **kwargs):
+    return [
+        Graded(Outcome.CORRECT, None, 1.0) if len(text) <= 40 else Graded(Outcome.WRONG, None, 0.1)
+        for text in completions
+    ]
+
+
+def reft_records(out: Path, overrides: list[str]) -> list[dict]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reft_trainer, "grade_batch", short_completion_reward)
+        fast = ["methods=reft", "reft.epochs=10", "reft.lr=3e-4", "reft.eval_every=1000"]
+        config = load_config("micro", None, [*fast, *overrides])
+        run_pipeline(config, out, overwrite=True, command="pytest ppo learns")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["stage"] == "reft"]
+
+
+@pytest.mark.parametrize("value_lr", [None, 3e-3])
+def test_ppo_raises_a_learnable_reward(tmp_path, value_lr):
+    overrides = [] if value_lr is None else [f"reft.value_lr={value_lr}"]
+    reft = reft_records(tmp_path / "run", overrides)
+    assert len(reft) == 30
+    first = statistics.mean(r["reward"] for r in reft[:10])
+    last = statistics.mean(r["reward"] for r in reft[-10:])
+    assert last > first + 0.2, (first, last)  # measured: 0.21 -> 0.70 (value_lr None), 0.21 -> 0.61 (3e-3)
+    if value_lr is not None:
+        assert statistics.mean(r["explained_variance"] for r in reft[-10:]) > 0.08  # measured 0.18
