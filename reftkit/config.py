@@ -149,7 +149,8 @@ class ReFTConfig:
     whiten_advantages: bool = True
     partial_reward: bool = True
     value_model: str = "shared"
-    """``shared``: value head on the policy trunk (the paper); ``separate``: a value model copied from the warm-up."""
+    """``shared``: value head on the policy trunk (the paper); ``detached``: the same head, but its loss stops at the
+    trunk, so only the policy loss moves the policy; ``separate``: a value model copied from the warm-up."""
     ref_model: str = "copy"
     """The frozen KL reference: ``copy`` (a copy of the warm-up) or ``lora_off`` (with ``model.lora``: the policy
     with its adapters switched off, which is exactly the warm-up, so no second copy of the weights is kept)."""
@@ -258,7 +259,7 @@ _CHOICES = {
     "task.cot": ("nl", "python"),
     "task.answer_type": ("numeric", "mcq"),
     "mixed_precision": ("auto", "bf16", "fp16", "no"),
-    "reft.value_model": ("shared", "separate"),
+    "reft.value_model": ("shared", "detached", "separate"),
     "reft.ref_model": ("copy", "lora_off"),
     "reft.ref_device": ("same", "cpu"),
     "reft.rollout_backend": ("auto", "hf", "lean", "vllm"),

@@ -270,7 +270,7 @@ def ppo_update(
                     exp.attention_mask[mb],
                     exp.prompt_width,
                     exp.responses.ids[mb],
-                    value_into_trunk=not value_only,
+                    value_into_trunk=not value_only and cfg.value_model != "detached",
                 )
             pg_loss, pg_stats = ppo.policy_loss(
                 logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps, n_sequences

@@ -1,10 +1,12 @@
 """The value warm-up (``reft.value_warmup_steps``): a value-only PPO update trains the value head (and a separate
-value model) and leaves the policy and its optimiser state exactly as they were; a normal update moves both."""
+value model) and leaves the policy and its optimiser state exactly as they were; a normal update moves both.
+``reft.value_model=detached``: the value loss alone moves the head but not the trunk it reads."""
 
 import pytest
 import torch
 from accelerate import Accelerator
 
+from reftkit import ppo
 from reftkit.config import TinyModelConfig, load_config
 from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
 from reftkit.rollout import encode_prompts, generate, left_pad
@@ -21,7 +23,8 @@ def tiny(tmp_path_factory):
 
 
 def one_update(tiny, value_model: str, value_only: bool):
-    """Policy and optimiser after one PPO update on four sampled rows with rewards 1, 0, 0.1, 1."""
+    """Names of the parameters changed by one PPO update on four sampled rows with rewards 1, 0, 0.1, 1, and of
+    those with optimiser state."""
     path, tokenizer = tiny
     config = load_config("micro", None, ["mixed_precision=no", f"reft.value_model={value_model}", "reft.lr=1e-2"])
     accelerator = Accelerator(cpu=True)
@@ -57,3 +60,17 @@ def test_normal_update_moves_the_policy_too(tiny):
     changed, with_state = one_update(tiny, "shared", value_only=False)
     assert any(name.startswith("lm.") for name in changed)
     assert any(name.startswith("lm.") for name in with_state) and "value_head.weight" in changed
+
+
+@pytest.mark.parametrize(("value_model", "trunk_moves"), [("shared", True), ("detached", False)])
+def test_value_loss_reaches_the_trunk_only_when_shared(tiny, value_model, trunk_moves, monkeypatch):
+    real = ppo.policy_loss
+    monkeypatch.setattr(ppo, "policy_loss", lambda *args, **kwargs: tuple_scaled(real(*args, **kwargs), 0.0))
+    changed, _ = one_update(tiny, value_model, value_only=False)
+    assert "value_head.weight" in changed
+    assert any(name.startswith("lm.model.") for name in changed) == trunk_moves
+
+
+def tuple_scaled(result, factor):
+    loss, stats = result
+    return loss * factor, stats
