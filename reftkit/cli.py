@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=[],
         metavar="RUN",
-        help="`reftkit reft` run folders, one change each from the same warm-up",
+        help="`reftkit reft` run folders from the same warm-up, each with its own config changes",
     )
     res.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser

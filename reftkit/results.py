@@ -197,7 +197,7 @@ def render_ablations(ablations: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Ablations (REFERENCE.md E.7)",
         "",
-        "`reftkit reft` runs from the same warm-up checkpoint with one change each; one seed.",
+        "`reftkit reft` runs from the same warm-up checkpoint, each with the config changes listed; one seed.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
