@@ -143,8 +143,8 @@ class ReFTConfig:
     vf_coef: float = 5.0
     value_warmup_steps: int = 0
     """The first this many PPO steps train only the value head (and a separate value model); the policy stays
-    the warm-up. A zero-initialised head makes every early token's advantage about the same negative number
-    after whitening, which pushes the sampled tokens down regardless of their reward (REFERENCE.md G)."""
+    the warm-up, so its first updates see a trained critic (REFERENCE.md G: the paper blames its first bad epochs
+    on the untrained head). No gain was measured on the default task (docs/results-notes.md)."""
     grad_clip: float = 1.0
     whiten_advantages: bool = True
     partial_reward: bool = True
