@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     _out_args(reft, "run folder to create")
     _config_args(reft)
 
+    online = sub.add_parser("online-st", help="online self-training (the paper's baseline) from a warm-up HF directory")
+    online.add_argument("--model", required=True, help="warm-up HF model directory (e.g. RUN/checkpoints/warmup)")
+    _out_args(online, "run folder to create")
+    _config_args(online)
+
     sample = sub.add_parser("sample", help="N graded samples per question of a split, as a samples file (JSONL)")
     sample.add_argument("--model", required=True, help="HF model directory")
     sample.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -228,13 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                     pipeline.run_sft_stage(config, args.out, args.model, args.overwrite, resume=args.resume), indent=2
                 )
             )
-        elif args.command == "reft":
-            print(
-                json.dumps(
-                    pipeline.run_reft_stage(config, args.out, args.model, args.overwrite, command, resume=args.resume),
-                    indent=2,
-                )
+        elif args.command in ("reft", "online-st"):
+            summary = pipeline.run_reft_stage(
+                config, args.out, args.model, args.overwrite, command, resume=args.resume, method=args.command
             )
+            print(json.dumps(summary, indent=2))
         elif args.command == "sample":
             print(json.dumps(pipeline.run_sample(config, args.model, args.split, args.out), indent=2))
         elif args.command == "rm":
@@ -272,10 +275,10 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
         path = getattr(args, flag, None)
         if path is not None and not path.is_file():
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
-    if command in ("run", "sft", "reft", "rm"):  # --out is a folder (sample's is a file, written whole)
+    if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
     reads_task = (
-        command in ("run", "sft", "reft", "sample", "rm")
+        command in ("run", "sft", "reft", "online-st", "sample", "rm")
         or (command == "eval" and bool(args.model or args.rm))  # a samples file alone needs no task data
         or (command == "data" and args.data_command in ("stats", "show"))
     )

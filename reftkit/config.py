@@ -14,9 +14,11 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+from reftkit.ppo import ESTIMATORS, AdvantageEstimator, LossAggregation
 
 
 class ConfigError(ValueError):
@@ -121,6 +123,9 @@ class SFTConfig:
     lr_warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    patience: int | None = None
+    """Stop continued SFT once validation has not improved for this many epochs ("converged SFT": train long, keep
+    the best epoch); None trains every epoch."""
 
 
 @dataclass
@@ -141,6 +146,22 @@ class ReFTConfig:
     clip_eps: float = 0.2
     value_clip: float = 0.2
     vf_coef: float = 5.0
+    advantage: AdvantageEstimator = "gae"
+    """How advantages are made (``reftkit.ppo.ESTIMATORS``): ``gae`` (the paper: a value head, GAE over the
+    KL-shaped per-token rewards); critic-free, no value head and no value loss, one advantage per sample from the
+    rewards of its question's ``samples_per_question`` samples: ``grpo`` ((r - mean) / std of the group),
+    ``rloo`` (r - mean of the other samples), ``reinforce_baseline`` (r - group mean, whitened over the batch),
+    ``dr_grpo`` (r - group mean, with the constant loss normaliser)."""
+    loss_agg: LossAggregation = "auto"
+    """Policy-loss aggregation (``reftkit.ppo.Aggregation``): ``sequence_mean`` (each sample's token mean, then
+    the mean over samples: the reference), ``token_mean`` (over all tokens), ``constant`` (token sum over samples x
+    ``max_new_tokens``: Dr. GRPO); ``auto``: ``constant`` for ``dr_grpo``, else ``sequence_mean``."""
+    kl_mode: Literal["reward", "loss"] = "reward"
+    """Where the KL to the warm-up acts: ``reward`` (the paper: -kl_coef x k1 per token in the reward) or ``loss``
+    (GRPO: kl_coef x the k3 estimate added to the policy loss). ``kl_coef=0`` loads no reference model."""
+    sft_coef: float = 0.0
+    """Weight of a cross-entropy term on the gold chains of each minibatch's questions, added to the PPO loss (the
+    reference has it commented out); 0: pure RL, as the paper."""
     value_warmup_steps: int = 0
     """The first this many PPO steps train only the value head (and a separate value model); the policy stays
     the warm-up, so its first updates see a trained critic (REFERENCE.md G: the paper blames its first bad epochs
@@ -205,6 +226,9 @@ class SelfTrainingConfig:
     """Offline: unique correct samples kept per question, chosen at random; the gold CoT is added once."""
     offline_epochs: int | None = None
     """Offline: SFT epochs from the base model; None: as many as the SFT baseline (warm-up + continued)."""
+    online_gold: bool = True
+    """Online: add ½·CE on the gold chains of each step's questions (the paper); false trains only on the correct
+    samples, the like-for-like comparison with ReFT, which never sees the gold chains."""
 
 
 @dataclass
@@ -274,14 +298,14 @@ _POSITIVE = set(
     reft.value_lr reft.max_steps sample.train_n sample.temperature sample.max_new_tokens
     sample.questions_per_batch sample.vote_draws self_training.max_per_question self_training.offline_epochs
     rm.epochs rm.lr rm.batch_size rm.max_length checkpoint.keep_last checkpoint.max_nonfinite_in_row
-    model.lora.r model.lora.alpha
+    model.lora.r model.lora.alpha sft.patience
     """.split()
 )
 _NON_NEGATIVE = set(
     """
     task.n_heldout_test sft.epochs sft.weight_decay sft.grad_clip reft.kl_coef reft.clip_eps reft.value_clip
-    reft.vf_coef reft.value_warmup_steps reft.grad_clip reft.top_k sample.n sample.top_k rm.weight_decay rm.grad_clip
-    checkpoint.every_steps
+    reft.vf_coef reft.value_warmup_steps reft.grad_clip reft.sft_coef reft.top_k sample.n sample.top_k
+    rm.weight_decay rm.grad_clip checkpoint.every_steps
     """.split()
 )
 _UNIT_INTERVAL = {
@@ -405,6 +429,15 @@ def validate(config: RunConfig) -> None:
             "or raise reft.questions_per_step"
         )
     method_list(config.methods)
+    reft = config.reft
+    if ESTIMATORS[reft.advantage].needs_groups and reft.samples_per_question < 2:
+        raise ConfigError(
+            f"reft.advantage: {reft.advantage} compares the samples of a question, so it needs "
+            f"reft.samples_per_question >= 2 (got {reft.samples_per_question}); e.g. reft.samples_per_question=4 "
+            "reft.questions_per_step=8"
+        )
+    if reft.value_warmup_steps and not ESTIMATORS[reft.advantage].needs_critic:
+        raise ConfigError(f"reft.value_warmup_steps: {reft.advantage} has no value head to warm up; set it to 0")
     if config.rm.enabled and not config.sample.n:
         raise ConfigError("rm.enabled: reranking needs sampled test chains; set sample.n (e.g. sample.n=8)")
     if config.model.tiny.hidden_size % config.model.tiny.num_heads:
@@ -459,6 +492,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare no as false
+            value = "no"
+        if value not in choices or isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
     if isinstance(hint, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

@@ -324,18 +324,21 @@ class PolicyWithValue(nn.Module):
     The head starts at zero so the first advantages are plain returns rather than noise from a random head.
     """
 
-    def __init__(self, lm: PreTrainedModel, value_lm: PreTrainedModel | None = None) -> None:
+    def __init__(self, lm: PreTrainedModel, value_lm: PreTrainedModel | None = None, critic: bool = True) -> None:
         super().__init__()
         self.lm = lm
         self.value_lm = value_lm
-        self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head: nn.Linear | None = None
+        if critic:  # critic-free estimators (GRPO, RLOO, ...) train the LM alone
+            self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_from: int = 0, value_into_trunk: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``;
+        values are None without a critic.
 
         ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
         position_ids = position_ids_from_mask(attention_mask)
@@ -343,8 +346,10 @@ class PolicyWithValue(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            output_hidden_states=self.value_lm is None,
+            output_hidden_states=self.value_head is not None and self.value_lm is None,
         )
+        if self.value_head is None:
+            return out.logits[:, logits_from:], None
         if self.value_lm is None:
             hidden = out.hidden_states[-1] if value_into_trunk else out.hidden_states[-1].detach()
         else:
@@ -362,23 +367,25 @@ class PolicyWithValue(nn.Module):
         """Optimizer groups: the policy's trainable weights at ``lr``, the value head (in full) and the value
         model's trainable weights at ``value_lr``; frozen (LoRA base) weights get no optimizer state."""
         value_params = [p for name, p in self.named_parameters() if not name.startswith("lm.") and p.requires_grad]
-        return [{"params": trainable_parameters(self.lm), "lr": lr}, {"params": value_params, "lr": value_lr}]
+        groups = [{"params": trainable_parameters(self.lm), "lr": lr}]
+        return groups + ([{"params": value_params, "lr": value_lr}] if value_params else [])
 
     def save(self, out_dir: str | Path, tokenizer: PreTrainedTokenizerFast) -> None:
         out = Path(out_dir)
         save_lm(self.lm, out)
         tokenizer.save_pretrained(out)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
-            out / VALUE_HEAD_FILE,
-        )
+        if self.value_head is not None:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                out / VALUE_HEAD_FILE,
+            )
         if self.value_lm is not None:
             save_lm(self.value_lm, out / VALUE_MODEL_DIR)
 
     def load_value_head(self, model_dir: str | Path) -> bool:
         """Load a saved head if ``model_dir`` has one (resuming PPO); a fresh SFT model has none."""
         path = Path(model_dir) / VALUE_HEAD_FILE
-        if not path.is_file():
+        if self.value_head is None or not path.is_file():
             return False
         self.value_head.load_state_dict(load_file(path))
         return True

@@ -14,8 +14,15 @@ also for truncated samples, as in the ReFT reference. Everything returned is flo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
+
+AdvantageEstimator = Literal["gae", "grpo", "rloo", "reinforce_baseline", "dr_grpo"]
+LossAggregation = Literal["auto", "sequence_mean", "token_mean", "constant"]
 
 
 def _zero_outside(x: Tensor, mask: Tensor) -> Tensor:
@@ -117,6 +124,39 @@ def whiten(x: Tensor, mask: Tensor, sums: Tensor | None = None, eps: float = 1e-
     return _zero_outside(out, mask)
 
 
+@dataclass(frozen=True)
+class Aggregation:
+    """How per-token losses become one number (``reft.loss_agg``).
+
+    * ``sequence_mean`` (the ReFT reference): each sequence's token mean, then the mean over sequences, so every
+      sample weighs the same and a short answer's tokens each weigh more than a long one's.
+    * ``token_mean``: the mean over every counted token of the minibatch, so every token weighs the same.
+    * ``constant`` (Dr. GRPO, Liu et al. 2025): the sum over tokens divided by sequences x ``max_len``, a
+      constant, so the loss has no length bias in either direction.
+
+    A process holding part of a minibatch passes the minibatch's ``n_sequences`` and ``n_tokens``, so its share
+    is divided by the global count; without them the rows given are the whole minibatch.
+    """
+
+    kind: Literal["sequence_mean", "token_mean", "constant"] = "sequence_mean"
+    n_sequences: int | None = None
+    n_tokens: int | None = None
+    max_len: int | None = None
+
+    def __call__(self, per_token: Tensor, mask: Tensor) -> Tensor:
+        if self.kind == "sequence_mean":
+            return _mean_over_sequences(masked_mean(per_token, mask, dim=1), self.n_sequences)
+        n_sequences = mask.shape[0] if self.n_sequences is None else self.n_sequences
+        total = _zero_outside(per_token, mask).sum()
+        if self.kind == "token_mean":
+            return total / (mask.float().sum() if self.n_tokens is None else self.n_tokens)
+        if self.kind == "constant":
+            if self.max_len is None:
+                raise ValueError("the constant aggregation needs max_len (the generation length limit)")
+            return total / (n_sequences * self.max_len)
+        raise ValueError(f"unknown loss aggregation {self.kind!r}")
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -124,20 +164,21 @@ def policy_loss(
     mask: Tensor,
     clip_eps: float = 0.2,
     n_sequences: int | None = None,
+    aggregate: Aggregation | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate, averaged per sequence over its tokens, then over sequences.
+    """PPO clipped surrogate, aggregated over tokens and sequences by ``aggregate``.
 
-    The per-sequence mean is the ReFT reference's aggregation: every sample weighs the same, so a short
-    answer's tokens each weigh more than a long answer's. ``n_sequences`` divides the sum over these rows
-    instead of their count: a process holding part of a minibatch passes the minibatch's size.
+    The default is the ReFT reference's per-sequence mean (see ``Aggregation``); ``n_sequences`` is that
+    default's global minibatch size, kept for callers that pass only it.
     """
+    aggregate = aggregate or Aggregation(n_sequences=n_sequences)
     log_ratio = logp.float() - old_logp.float()
     ratio = torch.exp(log_ratio)
     adv = advantages.float()
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
-    loss = _mean_over_sequences(masked_mean(per_token, mask, dim=1), n_sequences)
+    loss = aggregate(per_token, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -187,3 +228,94 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
         var_diff = masked_mean((diff - masked_mean(diff, mask)).square(), mask)
         ev = 1.0 - var_diff / var_ret.clamp(min=torch.finfo(torch.float32).tiny)
         return torch.where(var_ret > 0, ev, torch.zeros_like(ev))
+
+
+def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, aggregate: Aggregation) -> Tensor:
+    """The k3 KL estimate as a loss term (GRPO's ``kl_mode=loss``), aggregated like the policy loss.
+
+    Differentiable through ``logp``: its gradient pulls the sampled tokens' probabilities back towards the
+    reference, instead of the KL being a reward the advantages carry (``kl_mode=reward``, the paper's).
+    """
+    return aggregate(kl_penalty(logp, ref_logp, "k3"), mask)
+
+
+# ----- critic-free advantages: one number per sample from its reward and its question's group -----------------
+
+
+def _group_means(scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: (sum of its group's scores, its group's size, the unbiased std of its group's scores)."""
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=torch.float64, device=scores.device).index_add_(0, inverse, scores.double())
+    mean = sums / counts
+    squares = torch.zeros_like(sums).index_add_(0, inverse, (scores.double() - mean[inverse]).square())
+    std = (squares / (counts - 1).clamp(min=1)).sqrt()
+    return sums[inverse], counts[inverse].double(), std[inverse]
+
+
+def _grpo(scores: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
+    """(r - mean of its group) / (std of its group + eps): GRPO (Shao et al. 2024)."""
+    sums, counts, std = _group_means(scores, groups)
+    return ((scores.double() - sums / counts) / (std + eps)).float()
+
+
+def _rloo(scores: Tensor, groups: Tensor) -> Tensor:
+    """r minus the mean of the other k-1 rewards of its question (Ahmadian et al. 2024)."""
+    sums, counts, _ = _group_means(scores, groups)
+    return (scores.double() - (sums - scores.double()) / (counts - 1)).float()
+
+
+def _centred(scores: Tensor, groups: Tensor) -> Tensor:
+    """r minus the mean of its group (REINFORCE with a group baseline; Dr. GRPO without the std)."""
+    sums, counts, _ = _group_means(scores, groups)
+    return (scores.double() - sums / counts).float()
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """What an advantage estimator needs and does; ``sequence`` is None for GAE (per token, with a critic)."""
+
+    sequence: Callable[[Tensor, Tensor], Tensor] | None
+    needs_critic: bool = False
+    needs_groups: bool = True
+    whiten: bool = False
+    """Whiten the token advantages over the batch (``reinforce_baseline``; GAE follows ``reft.whiten_advantages``)."""
+    loss_agg: Literal["sequence_mean", "token_mean", "constant"] = "sequence_mean"
+    """The aggregation ``reft.loss_agg=auto`` picks."""
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    "gae": EstimatorSpec(None, needs_critic=True, needs_groups=False),
+    "grpo": EstimatorSpec(_grpo),
+    "rloo": EstimatorSpec(_rloo),
+    "reinforce_baseline": EstimatorSpec(_centred, whiten=True),
+    "dr_grpo": EstimatorSpec(_centred, loss_agg="constant"),
+}
+"""The one registry of advantage estimators (``reft.advantage``), as veRL's ``AdvantageEstimator``."""
+
+
+def sequence_advantages(estimator: str, scores: Tensor, groups: Tensor) -> Tensor:
+    """One advantage per sample [N] from its score and the scores of the samples of the same question.
+
+    ``groups[i]`` is the question of row ``i``; groups may sit anywhere in the batch and differ in size, but a
+    group of one has no baseline (rloo divides by k - 1 = 0), so the caller requires k >= 2.
+    """
+    spec = ESTIMATORS[estimator]
+    if spec.sequence is None:
+        raise ValueError(f"{estimator!r} is not a critic-free estimator")
+    return spec.sequence(scores.float(), groups)
+
+
+def critic_free_advantages(seq_adv: Tensor, mask: Tensor, kl: Tensor | None = None, beta: float = 0.0) -> Tensor:
+    """Token advantages [N, R] from sequence advantages: the same value on every counted token of a sample,
+    minus (with the KL folded into the reward) beta times the KL still to come from that token on.
+
+    With gamma = 1 the return of token t under the shaped reward is the score minus beta * sum_{t' >= t} KL_t';
+    the score part is replaced by its baselined ``seq_adv`` (OpenRLHF's reinforce / rloo with the KL in the
+    reward). Without ``kl`` every token of a sample gets ``seq_adv``.
+    """
+    adv = seq_adv.float().unsqueeze(1).expand_as(mask.float())
+    if kl is not None and beta:
+        penalty = _zero_outside(kl, mask)
+        to_go = penalty.flip(1).cumsum(1).flip(1)
+        adv = adv - beta * to_go
+    return _zero_outside(adv, mask)

@@ -35,8 +35,8 @@ class Responses:
     mask: torch.Tensor
     truncated: torch.Tensor
     logprobs: torch.Tensor | None = None
-    """[B, R] log-probability of each generated token under the model itself (temperature 1, no top-k/top-p),
-    0 on padding; only when ``generate(..., return_logprobs=True)``."""
+    """[B, R] log-probability of each generated token under the distribution it was drawn from (``warp_logits``:
+    temperature, top-k, top-p; the model's own at the defaults), 0 on padding; only with ``return_logprobs=True``."""
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
@@ -55,6 +55,40 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> Batch:
     return Batch(ids, mask)
 
 
+def warp_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The logits of the distribution sampling draws from, in float32: divided by ``temperature``, then every
+    token outside the ``top_k`` most likely and outside the smallest set reaching probability ``top_p`` set to
+    -inf. The sampler and the PPO scorer both use it, so the log-probs a ratio compares are those of the
+    distribution the tokens were drawn from (any leading shape; the vocabulary is the last dimension).
+
+    ``keep`` (token ids, the logits' shape without the vocabulary) is never filtered out: a scorer passes the
+    drawn tokens, since a full forward in bf16 can rank a boundary token just outside the set the decoder drew
+    it from, and its log-prob must stay finite."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    scaled = logits
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    if keep is not None and (top_k > 0 or top_p < 1.0):
+        index = keep.long().unsqueeze(-1)
+        logits = logits.scatter(-1, index, scaled.gather(-1, index))
+    return logits
+
+
 def _pick(
     logits: torch.Tensor,
     temperature: float,
@@ -70,17 +104,7 @@ def _pick(
     batch, or the rows of a batch that have not ended yet, draws the same tokens as one process sampling all."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
+    probs = warp_logits(logits, temperature, top_k, top_p).softmax(-1)
     noise = _exponential_noise(total, probs.size(-1), probs.device, generator)
     return (probs / noise[rows]).argmax(-1)
 
@@ -197,7 +221,8 @@ def _generate_rows(
         ids[rows, t] = token
         mask[rows, t] = 1.0
         if logprobs is not None:
-            logprobs[rows, t] = live_logits.float().log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+            warped = warp_logits(live_logits, temperature or 1.0, top_k, top_p)
+            logprobs[rows, t] = warped.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         ended[rows] = token == eos_id
         width = t + 1
         if bool(ended.all()):

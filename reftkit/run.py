@@ -560,18 +560,23 @@ def run_reft_stage(
     overwrite: bool = False,
     command: str | None = None,
     resume: bool = False,
+    method: str = "reft",
 ) -> dict[str, Any]:
-    """``reftkit reft``: PPO from a warm-up HF directory; writes reft/ (best on val) and reft_last/."""
+    """``reftkit reft`` (PPO; writes reft/, best on val, and reft_last/) or ``reftkit online-st`` (writes
+    online_st/ and online_st_last/) from a warm-up HF directory, then the selected checkpoint's test accuracy."""
     accelerator, log, data = _stage_setup(config, out, overwrite, "ReFT", resume)
     command, commit = run_identity(out, command, resume)
     tokenizer = load_tokenizer(model_path)
-    result = train_reft(config, Path(model_path), tokenizer, data, out, log, accelerator)
-    tests = _test_sets(config, load_causal_lm(result.best_dir, tokenizer), tokenizer, data, "reft", log, accelerator)
+    train = {"reft": train_reft, "online-st": train_online_st}[method]
+    result = train(config, Path(model_path), tokenizer, data, out, log, accelerator)
+    name = method.replace("-", "_")
+    tests = _test_sets(config, load_causal_lm(result.best_dir, tokenizer), tokenizer, data, name, log, accelerator)
     summary: dict[str, Any] = {
         "task": data.name,
         "cot": config.task.cot,
         "seed": config.seed,
         "warmup_model": model_path,
+        "method": method,
         "selected_step": result.best_step,
         "steps": max(result.val_history),
         "val_acc": result.val_history[result.best_step],

@@ -1,9 +1,13 @@
 """ReFT: PPO on sampled chains of thought with the answer reward (REFERENCE.md A.3).
 
 One step: sample k CoTs for a batch of training questions, grade them, score them once with the policy
-(old log-probs, values) and the frozen warm-up model (reference log-probs), fold the k1 KL into per-token
-rewards with the score on the last action, compute GAE and whiten it globally, then run ``ppo_epochs``
-passes of clipped policy + value loss over shuffled minibatches. The maths lives in ``reftkit.ppo``.
+(old log-probs, values) and the frozen warm-up model (reference log-probs), then make advantages with
+``reft.advantage``: ``gae`` (the paper) folds the k1 KL into per-token rewards with the score on the last
+action and runs GAE against the value head, whitened globally; the critic-free estimators (GRPO, RLOO, ...)
+give every token of a sample one advantage from the rewards of its question's k samples. Then
+``ppo_epochs`` passes of the clipped policy loss (+ value loss, + k3 KL loss, + gold CE, as configured) over
+shuffled minibatches. The maths lives in ``reftkit.ppo``; log-probs are those of the distribution sampled
+from (``reftkit.rollout.warp_logits``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit import ppo
 from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
-from reftkit.config import RunConfig
+from reftkit.config import ReFTConfig, RunConfig
 from reftkit.distributed import local_rows, owned, world
 from reftkit.models import (
     PolicyWithValue,
@@ -28,7 +32,7 @@ from reftkit.models import (
     reference_model,
     trainable_parameters,
 )
-from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts
+from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts, warp_logits
 from reftkit.tasks.base import CoT, TaskData, prompt_text
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
@@ -43,6 +47,7 @@ from reftkit.trainers.common import (
     validation_accuracy,
     write_atomically,
 )
+from reftkit.trainers.sft import collate, sft_loss, tokenize_examples
 
 
 @dataclass
@@ -53,6 +58,21 @@ class ReFTResult:
     last_dir: Path
     best_step: int
     val_history: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class GoldChains:
+    """The tokenised gold chain of every training question, for ``reft.sft_coef``'s cross-entropy term."""
+
+    examples: list[tuple[list[int], int]]
+    pad_id: int
+
+    def loss(self, lm: PreTrainedModel, questions: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Token-mean cross-entropy of the gold chains of ``questions`` (each distinct question once). Under
+        several processes each takes its own rows' questions: the term is the mean of the processes' shares."""
+        examples = [self.examples[q] for q in dict.fromkeys(questions.tolist())]
+        ids, mask, labels = (t.to(device) for t in collate(examples, self.pad_id))
+        return sft_loss(lm, ids, mask, labels)
 
 
 @dataclass
@@ -68,11 +88,13 @@ class Experience:
     responses: Responses
     rows: list[int]
     n_rows: int
+    questions: torch.Tensor  # [N] index of each row's training question (its group)
+    lengths: torch.Tensor  # [n_rows] response length of every row of the step, for global token counts
     old_logp: torch.Tensor
-    old_values: torch.Tensor
-    ref_logp: torch.Tensor
+    old_values: torch.Tensor | None  # None without a critic
+    ref_logp: torch.Tensor | None  # None with kl_coef = 0 (no reference model)
     advantages: torch.Tensor
-    returns: torch.Tensor
+    returns: torch.Tensor | None
 
 
 def score(
@@ -82,10 +104,13 @@ def score(
     prompt_width: int,
     response_ids: torch.Tensor,
     value_into_trunk: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the response tokens and the values of the states before them, both [N, R]."""
+    sampling: tuple[float, int, float] = (1.0, 0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens under the distribution they were sampled from (``sampling`` is
+    temperature, top-k, top-p) and the values of the states before them (None without a critic), both [N, R]."""
     logits, values = policy(input_ids, attention_mask, prompt_width - 1, value_into_trunk)
-    return ppo.logprobs_from_logits(logits[:, :-1], response_ids), values[:, :-1]
+    logp = ppo.logprobs_from_logits(warp_logits(logits[:, :-1], *sampling, keep=response_ids), response_ids)
+    return logp, None if values is None else values[:, :-1]
 
 
 @torch.no_grad()
@@ -95,13 +120,21 @@ def reference_logprobs(
     attention_mask: torch.Tensor,
     prompt_width: int,
     response_ids: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
+    """The reference's log-probs of the response tokens at the sampling temperature (no top-k/top-p: a token
+    outside the reference's own top set would have an infinite KL), as TRL does."""
     logits = ref(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
     ).logits
-    return ppo.logprobs_from_logits(logits[:, prompt_width - 1 : -1], response_ids)
+    return ppo.logprobs_from_logits(warp_logits(logits[:, prompt_width - 1 : -1], temperature), response_ids)
+
+
+def sampling_of(cfg: ReFTConfig) -> tuple[float, int, float]:
+    """(temperature, top-k, top-p) of the rollouts, the distribution PPO's log-probs are taken under."""
+    return cfg.temperature, cfg.top_k, cfg.top_p
 
 
 def train_reft(
@@ -125,9 +158,13 @@ def train_reft(
     if (done := checkpoints.finished()) is not None:
         return result_from_json(ReFTResult, done)
     lm_options = (tokenizer, config.model, config.seed)
-    value_lm = load_trainable_lm(warmup_dir, *lm_options) if cfg.value_model == "separate" else None
-    policy = PolicyWithValue(load_trainable_lm(warmup_dir, *lm_options), value_lm)
-    ref = reference_model(warmup_dir, tokenizer, cfg, policy.lm, accelerator.device)
+    critic = ppo.ESTIMATORS[cfg.advantage].needs_critic
+    value_lm = load_trainable_lm(warmup_dir, *lm_options) if critic and cfg.value_model == "separate" else None
+    policy = PolicyWithValue(load_trainable_lm(warmup_dir, *lm_options), value_lm, critic=critic)
+    ref = reference_model(warmup_dir, tokenizer, cfg, policy.lm, accelerator.device) if cfg.kl_coef > 0 else None
+    gold = None
+    if cfg.sft_coef > 0:
+        gold = GoldChains(tokenize_examples(tokenizer, data.train, cot), tokenizer.pad_token_id)
     groups = policy.param_groups(cfg.lr, cfg.value_lr or cfg.lr)
     optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
@@ -166,25 +203,29 @@ def train_reft(
         texts = decode_responses(tokenizer, responses)
         graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
         scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
-        exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
+        exp = make_experience(policy, ref, batch, responses, scores, torch.tensor(rows), config, accelerator)
         stats = {}
-        if guard.ok(torch.isfinite(exp.advantages).all() & torch.isfinite(exp.returns).all(), "KL or value"):
-            stats = ppo_update(policy, optimizer, exp, config, accelerator, guard, step <= cfg.value_warmup_steps)
+        finite = torch.isfinite(exp.advantages).all() & (exp.returns is None or torch.isfinite(exp.returns).all())
+        if guard.ok(finite, "KL or value"):
+            value_only = step <= cfg.value_warmup_steps
+            stats = ppo_update(policy, optimizer, exp, config, accelerator, guard, value_only, gold)
         counts = outcome_counts(graded)
-        old_logp, ref_logp, old_values, returns, mask = (
-            accelerator.gather(t) for t in (exp.old_logp, exp.ref_logp, exp.old_values, exp.returns, exp.responses.mask)
-        )  # every process's rows, for the logged figures
+        mask = accelerator.gather(exp.responses.mask)  # every process's rows, for the logged figures
         figures = {
             "reward": scores.mean(),
             **{f"frac_{k}": v / len(graded) for k, v in counts.items()},
-            "kl": (ppo.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean(),  # per sequence
-            "kl_k3": (ppo.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean(),
             "response_length": mask.sum(1).mean(),
             "truncated": responses.truncated.float().mean(),
-            "explained_variance": ppo.explained_variance(old_values, returns, mask),
             "step_seconds": time.time() - started,
             **stats,
         }
+        if exp.ref_logp is not None:
+            old_logp, ref_logp = accelerator.gather(exp.old_logp), accelerator.gather(exp.ref_logp)
+            figures["kl"] = (ppo.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean()  # per sequence
+            figures["kl_k3"] = (ppo.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean()
+        if exp.old_values is not None:
+            old_values, returns = accelerator.gather(exp.old_values), accelerator.gather(exp.returns)
+            figures["explained_variance"] = ppo.explained_variance(old_values, returns, mask)
         if data.answer_type == "mcq":  # MCQ reward hacking (REFERENCE.md A.4): right letter, wrong chain
             figures["frac_correct_chain_disagrees"] = frac_correct_chain_disagrees(
                 graded, texts, [p.question for p in problems]
@@ -192,7 +233,7 @@ def train_reft(
         log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
         bar.update(1)
         bar.set_postfix(
-            reward=f"{scores.mean():.2f}", kl=f"{float(figures['kl']):.2f}", best_val=f"{selection.best:.3f}"
+            reward=f"{scores.mean():.2f}", kl=f"{float(figures.get('kl', 0.0)):.2f}", best_val=f"{selection.best:.3f}"
         )
         if step % cfg.eval_every == 0 or step == total_steps:
             validate(step)
@@ -207,38 +248,52 @@ def train_reft(
 @torch.no_grad()
 def make_experience(
     policy: PolicyWithValue,
-    ref: PreTrainedModel,
+    ref: PreTrainedModel | None,
     batch: Batch,
     responses: Responses,
     scores: torch.Tensor,
+    questions: torch.Tensor,
     config: RunConfig,
     accelerator: Accelerator,
 ) -> Experience:
-    """Score this process's rows of the rollouts once and turn them into advantages and returns."""
+    """Score this process's rows of the rollouts once and turn them into advantages (and, with a critic, returns).
+
+    ``scores`` and ``questions`` hold every row of the step, so group baselines see whole groups whichever
+    process holds which rows."""
     cfg = config.reft
+    spec = ppo.ESTIMATORS[cfg.advantage]
     device = accelerator.device
     n_rows = len(scores)
     rows = owned(n_rows)
+    lengths = responses.mask.sum(1)
     input_ids = local_rows(torch.cat([batch.ids.to(device), responses.ids], dim=1), rows)
     attention_mask = local_rows(torch.cat([batch.mask.to(device), responses.mask.long()], dim=1), rows)
     responses = Responses(
         local_rows(responses.ids, rows), local_rows(responses.mask, rows), local_rows(responses.truncated, rows)
     )
-    scores = local_rows(scores, rows)
     width = batch.ids.size(1)
     with accelerator.autocast():
-        old_logp, old_values = score(policy, input_ids, attention_mask, width, responses.ids)
-        ref_logp = reference_logprobs(ref, input_ids, attention_mask, width, responses.ids)
+        old_logp, old_values = score(policy, input_ids, attention_mask, width, responses.ids, sampling=sampling_of(cfg))
+        ref_logp = None
+        if ref is not None:
+            ref_logp = reference_logprobs(ref, input_ids, attention_mask, width, responses.ids, cfg.temperature)
     mask = responses.mask
-    kl = ppo.kl_penalty(old_logp, ref_logp, "k1")
-    rewards = ppo.shaped_rewards(scores, kl, mask, cfg.kl_coef)
-    advantages, returns = ppo.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
+    kl = None if ref_logp is None or cfg.kl_mode != "reward" else ppo.kl_penalty(old_logp, ref_logp, "k1")
+    returns = None
+    if spec.needs_critic:
+        rewards = ppo.shaped_rewards(local_rows(scores, rows), torch.zeros_like(mask) if kl is None else kl, mask,
+                                     cfg.kl_coef)  # fmt: skip
+        advantages, returns = ppo.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    else:
+        per_sample = ppo.sequence_advantages(cfg.advantage, scores.to(device), questions.to(device))
+        advantages = ppo.critic_free_advantages(local_rows(per_sample, rows), mask, kl, cfg.kl_coef)
+    if spec.whiten or (spec.needs_critic and cfg.whiten_advantages):
         sums = accelerator.reduce(ppo.masked_sums(advantages, mask), reduction="sum")
         advantages = ppo.whiten(advantages, mask, sums)
     return Experience(
-        input_ids, attention_mask, width, responses, rows, n_rows, old_logp, old_values, ref_logp, advantages, returns
-    )
+        input_ids, attention_mask, width, responses, rows, n_rows, local_rows(questions, rows), lengths,
+        old_logp, old_values, ref_logp, advantages, returns,
+    )  # fmt: skip
 
 
 def ppo_update(
@@ -249,19 +304,26 @@ def ppo_update(
     accelerator: Accelerator,
     guard: NonFiniteGuard | None = None,
     value_only: bool = False,
+    gold: GoldChains | None = None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic.
 
+    The loss is the clipped policy loss, plus ``vf_coef`` x the value loss with a critic, plus ``kl_coef`` x the
+    k3 KL with ``kl_mode=loss``, plus ``sft_coef`` x the cross-entropy of ``gold`` (tokenised gold chains of
+    every training question) on the minibatch's questions.
     ``value_only`` (the value warm-up): the policy loss is weighted 0 and the value's gradient stops at a shared
     trunk, so the policy's gradients are zero (every process still joins the all-reduce); they are dropped
     before the optimiser step, which leaves the policy and its optimiser state as they were."""
     cfg = config.reft
+    kind = ppo.ESTIMATORS[cfg.advantage].loss_agg if cfg.loss_agg == "auto" else cfg.loss_agg
     totals: dict[str, float] = {}
     updates = 0
     frozen = trainable_parameters(accelerator.unwrap_model(policy).lm) if value_only else []
     for _ in range(cfg.ppo_epochs):
         for global_mb in torch.randperm(exp.n_rows).split(cfg.minibatch_size):
             mb, scale, n_sequences = _local_minibatch(global_mb, exp.rows)
+            n_tokens = None if n_sequences is None else int(exp.lengths[global_mb.to(exp.lengths.device)].sum())
+            aggregate = ppo.Aggregation(kind, n_sequences, n_tokens, cfg.max_new_tokens)
             mask = exp.responses.mask[mb]
             with accelerator.autocast():
                 logp, values = score(
@@ -271,22 +333,31 @@ def ppo_update(
                     exp.prompt_width,
                     exp.responses.ids[mb],
                     value_into_trunk=not value_only and cfg.value_model != "detached",
+                    sampling=sampling_of(cfg),
                 )
             pg_loss, pg_stats = ppo.policy_loss(
-                logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps, n_sequences
+                logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps, aggregate=aggregate
             )
-            vf_loss, vf_stats = ppo.value_loss(
-                values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip, n_sequences
-            )
-            loss = scale * ((0.0 if value_only else 1.0) * pg_loss + cfg.vf_coef * vf_loss)
+            loss = (0.0 if value_only else 1.0) * pg_loss
+            figures: dict[str, torch.Tensor | float] = {"policy_loss": scale * pg_loss}  # process mean = the loss
+            if values is not None:
+                vf_loss, vf_stats = ppo.value_loss(
+                    values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip, n_sequences
+                )
+                loss = loss + cfg.vf_coef * vf_loss
+                figures |= {"value_loss": scale * vf_loss, **vf_stats}
+            if cfg.kl_mode == "loss" and exp.ref_logp is not None:
+                kl_term = ppo.kl_loss(logp, exp.ref_logp[mb], mask, aggregate)
+                loss = loss + cfg.kl_coef * kl_term
+                figures["kl_loss"] = scale * kl_term
+            if gold is not None and not value_only:
+                with accelerator.autocast():
+                    sft_term = gold.loss(accelerator.unwrap_model(policy).lm, exp.questions[mb], accelerator.device)
+                loss = loss + cfg.sft_coef * sft_term
+                figures["sft_loss"] = scale * sft_term
+            loss = scale * loss
             grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard, frozen=frozen)
-            figures = {
-                "policy_loss": scale * pg_loss,  # the process mean of these is the minibatch's loss
-                "value_loss": scale * vf_loss,
-                "grad_norm": grad_norm,
-                **pg_stats,
-                **vf_stats,
-            }
+            figures |= {"grad_norm": grad_norm, **pg_stats}
             for key, value in figures.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach() if isinstance(value, torch.Tensor) else value)
             updates += 1

@@ -5,6 +5,8 @@
   the first 10 and the gold twice), and run plain SFT on that from the base model.
 * **Online self-training**: from the warm-up, each step samples the policy like ReFT does and minimises
   ½·CE(its correct samples) + ½·CE(the gold chains of the same questions); no value head, KL or negatives.
+  ``self_training.online_gold=false`` drops the gold term (CE of the correct samples alone): like ReFT, it
+  then learns only from its own samples.
 """
 
 from __future__ import annotations
@@ -137,10 +139,14 @@ def train_online_st(
             if g.outcome == Outcome.CORRECT and not bool(responses.truncated[j])  # the EOS is part of the target
         ]
         losses = []
-        for _ in range(cfg.ppo_epochs):
-            loss = 0.5 * batch_sft_loss(model, [gold[q] for q in questions], tokenizer.pad_token_id, accelerator)
-            if correct:
-                loss = loss + 0.5 * batch_sft_loss(model, correct, tokenizer.pad_token_id, accelerator)
+        with_gold = config.self_training.online_gold
+        for _ in range(cfg.ppo_epochs if with_gold or correct else 0):  # nothing to learn from: no update
+            if with_gold:
+                loss = 0.5 * batch_sft_loss(model, [gold[q] for q in questions], tokenizer.pad_token_id, accelerator)
+                if correct:
+                    loss = loss + 0.5 * batch_sft_loss(model, correct, tokenizer.pad_token_id, accelerator)
+            else:
+                loss = batch_sft_loss(model, correct, tokenizer.pad_token_id, accelerator)
             apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, guard=guard)
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
         frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
@@ -150,7 +156,7 @@ def train_online_st(
             epoch=epoch_offset + step / steps_per_epoch,
             frac_correct=frac_correct,
             kept=len(correct),
-            loss=sum(losses) / len(losses),
+            loss=sum(losses) / len(losses) if losses else None,
             response_length=responses.mask.sum(1).mean(),
             step_seconds=time.time() - started,
         )

@@ -195,6 +195,10 @@ def train_sft(
             best, result.best_epoch = val.accuracy, epoch
             save_model(accelerator, unwrapped, tokenizer, dirs[stage])
 
+    def converged(epoch: int) -> bool:
+        """``sft.patience`` epochs after the warm-up without a better validation accuracy than the best."""
+        return cfg.patience is not None and epoch - max(result.best_epoch, warmup_epochs or 1) >= cfg.patience
+
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
     model.train()
     for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
@@ -216,6 +220,9 @@ def train_sft(
         if ends_epoch:
             end_epoch(epoch)  # validation puts the model in eval mode
             model.train()
+            if converged(epoch):
+                log.write(f"{stage}_stopped", step, epoch=epoch, reason=f"{cfg.patience} epochs, no better val")
+                break
         if checkpoints.due(step):
             counters = {"best": best, "best_epoch": result.best_epoch, "epoch_loss": epoch_loss}
             counters |= {"val_history": result.val_history, "guard": guard.state()}

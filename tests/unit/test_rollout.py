@@ -2,11 +2,13 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from reftkit.models import PolicyWithValue, position_ids_from_mask
 from reftkit.rollout import Responses, generate, left_pad
+from reftkit.trainers.reft import score
 
 PAD, EOS = 0, 2
 
@@ -114,15 +116,45 @@ def test_shared_prompt_cache_gives_the_same_samples_as_repeated_prompts():
     torch.testing.assert_close(shared.logprobs, plain.logprobs, atol=1e-5, rtol=0)
 
 
-def test_logprobs_are_the_models_own_token_logprobs():
+def test_logprobs_are_those_of_the_distribution_sampled_from():
+    """At the defaults the model's own log-probs; with temperature/top-k, those of the warped distribution."""
     model = tiny_llama()
     prompt = [5, 6, 7]
-    out = generate(model, left_pad([prompt], PAD), 6, EOS, PAD, temperature=0.7, top_k=5,
-                   generator=torch.Generator().manual_seed(0), return_logprobs=True)  # fmt: skip
-    n = int(out.mask[0].sum())
-    full = torch.tensor([prompt + out.ids[0, :n].tolist()])
-    with torch.no_grad():
-        logits = model(full).logits[0, len(prompt) - 1 : -1]
-    expected = logits.log_softmax(-1).gather(-1, full[0, len(prompt) :, None]).squeeze(-1)  # temperature 1
-    torch.testing.assert_close(out.logprobs[0, :n], expected, atol=1e-5, rtol=0)
-    assert out.logprobs[0, n:].abs().sum() == 0
+    for settings in ({}, {"temperature": 0.7, "top_k": 5}):
+        out = generate(model, left_pad([prompt], PAD), 6, EOS, PAD, **settings,
+                       generator=torch.Generator().manual_seed(0), return_logprobs=True)  # fmt: skip
+        n = int(out.mask[0].sum())
+        full = torch.tensor([prompt + out.ids[0, :n].tolist()])
+        with torch.no_grad():
+            logits = model(full).logits[0, len(prompt) - 1 : -1]
+        temperature, top_k = settings.get("temperature", 1.0), settings.get("top_k", 0)
+        scaled = logits / temperature
+        if top_k:
+            kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        expected = scaled.log_softmax(-1).gather(-1, full[0, len(prompt) :, None]).squeeze(-1)
+        torch.testing.assert_close(out.logprobs[0, :n], expected, atol=1e-5, rtol=0)
+        assert out.logprobs[0, n:].abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.3, 7, 1.0), (0.8, 0, 0.7), (0.9, 5, 0.8)]
+)
+def test_ppo_scorer_agrees_with_the_sampler(temperature, top_k, top_p):
+    """The log-probs PPO's ratio uses (``reft.score``) are those the sampler drew each token with, at any
+    temperature/top-k/top-p; and every drawn token lies inside the scorer's top-k/top-p set (finite)."""
+    model = tiny_llama(seed=3)
+    policy = PolicyWithValue(model, critic=False)
+    prompts = left_pad([[5, 6, 7, 8], [9], [11, 12]], PAD)
+    out = generate(model, prompts, 8, EOS, PAD, temperature, top_k, top_p,
+                   generator=torch.Generator().manual_seed(5), num_samples=3, return_logprobs=True)  # fmt: skip
+    ids = torch.cat([prompts.ids.repeat_interleave(3, 0), out.ids], 1)
+    mask = torch.cat([prompts.mask.repeat_interleave(3, 0), out.mask.long()], 1)
+    logp, values = score(policy, ids, mask, prompts.ids.size(1), out.ids, sampling=(temperature, top_k, top_p))
+    valid = out.mask.bool()
+    assert values is None
+    assert torch.isfinite(logp[valid]).all()
+    torch.testing.assert_close(logp[valid], out.logprobs[valid], atol=1e-5, rtol=0)
+    if (temperature, top_k, top_p) != (1.0, 0, 1.0):  # the warp matters: the plain model's log-probs differ
+        plain, _ = score(policy, ids, mask, prompts.ids.size(1), out.ids)
+        assert (plain[valid] - logp[valid]).abs().max() > 1e-3
