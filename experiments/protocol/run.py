@@ -1,0 +1,130 @@
+"""Run the comparison protocol: converged SFT, online self-training with and without gold, and ReFT arms, all from
+one early warm-up per seed, for several seeds, as independent ``reftkit`` commands, ``--jobs`` at a time.
+
+    python experiments/protocol/run.py --config experiments/protocol/default.yaml --out ~/runs/protocol \\
+        --seeds 0 1 2 [--jobs 2] [--arms reft_gae reft_grpo ...]
+
+Each job is one process with one thread (``OMP_NUM_THREADS=1``): two torch processes that share a core run
+several times slower than one. A seed's SFT job writes ``seed<S>/sft`` (warm-up snapshot, best epoch); its arms
+start once the warm-up snapshot exists, each in ``seed<S>/<arm>`` with ``summary.json`` (selected step, val and
+test accuracy). A job whose ``summary.json`` exists is skipped, and an interrupted one continues with
+``--resume``, so rerunning the same command after a stop finishes the protocol. ``protocol.json`` records the
+commands, the commit and the CPU flags; ``experiments/protocol/collect.py`` turns the folder into results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+K4 = ["reft.samples_per_question=4", "reft.questions_per_step=8", "reft.max_steps=126"]
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "online_st": ("online-st", []),
+    "online_st_nogold": ("online-st", ["self_training.online_gold=false"]),
+    "reft_gae": ("reft", []),
+    "reft_gae_lam1_detached": ("reft", ["reft.lam=1.0", "reft.value_model=detached", "reft.value_lr=1e-3"]),
+    "reft_grpo": ("reft", ["reft.advantage=grpo", *K4]),
+    "reft_rloo": ("reft", ["reft.advantage=rloo", *K4]),
+    "reft_reinforce_baseline": ("reft", ["reft.advantage=reinforce_baseline", *K4]),
+    "reft_dr_grpo": ("reft", ["reft.advantage=dr_grpo", *K4]),
+}
+"""Arm name -> (reftkit command, overrides over the protocol config). Every arm samples 126 x 32 chains."""
+DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    folder: Path
+    needs: Path | None = None  # a path that must exist first
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.folder.with_name(self.folder.name + ".log")
+
+    def done(self) -> bool:
+        return (self.folder / "summary.json").is_file()
+
+    def ready(self) -> bool:
+        return self.needs is None or self.needs.exists()
+
+
+def jobs_for(config: Path, out: Path, seed: int, arms: list[str], data_dir: str | None) -> list[Job]:
+    common = ["--config", str(config), f"seed={seed}"] + ([] if data_dir is None else ["--data-dir", data_dir])
+    root = out / f"seed{seed}"
+    sft = Job(f"seed{seed}/sft", ["sft", "--out", str(root / "sft"), *common], root / "sft")
+    warmup = root / "sft" / "checkpoints" / "warmup"
+    jobs = [sft]
+    for arm in arms:
+        command, overrides = ARMS[arm]
+        folder = root / arm
+        jobs.append(Job(f"seed{seed}/{arm}", [command, "--model", str(warmup), "--out", str(folder), *common,
+                                             *overrides], folder, needs=warmup / "config.json"))  # fmt: skip
+    return jobs
+
+
+def launch(job: Job) -> subprocess.Popen:
+    argv = list(job.argv)
+    if (job.folder / "config.yaml").is_file():  # started before: continue from its checkpoint
+        argv = [a for a in argv if not a.startswith("seed=")] + ["--resume"]
+        argv = [a for i, a in enumerate(argv) if a != "--config" and (i == 0 or argv[i - 1] != "--config")]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_MININTERVAL": "30"}
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    with job.log.open("a") as fh:
+        fh.write(f"\n$ reftkit {' '.join(argv)}\n")
+        fh.flush()
+        return subprocess.Popen([sys.executable, "-m", "reftkit.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env)  # fmt: skip
+
+
+def sft_done(job: Job) -> bool:
+    return (job.folder / "resume" / "sft" / "done").is_dir()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    queue = [job for seed in args.seeds for job in jobs_for(args.config, args.out, seed, args.arms, args.data_dir)]
+    record = {
+        "config": str(args.config), "config_text": args.config.read_text(), "seeds": args.seeds, "arms": args.arms,
+        "commit": commit, "cpu_flags": cpu, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commands": {job.name: "OMP_NUM_THREADS=1 reftkit " + " ".join(job.argv) for job in queue},
+    }  # fmt: skip
+    (args.out / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
+    running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
+    pending = [job for job in queue if not (job.done() or (job.name.endswith("/sft") and sft_done(job)))]
+    print(f"{len(pending)} of {len(queue)} jobs to run, {args.jobs} at a time (commit {commit}, cpu {cpu})")
+    while pending or running:
+        for name, (job, proc, started) in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {job.log})"
+                print(f"{time.strftime('%H:%M:%S')} {name}: {status} after {time.time() - started:.0f} s", flush=True)
+        for job in [j for j in pending if j.ready()][: args.jobs - len(running)]:
+            pending.remove(job)
+            running[job.name] = (job, launch(job), time.time())
+            print(f"{time.strftime('%H:%M:%S')} {job.name}: started", flush=True)
+        time.sleep(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
