@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import yaml
 
 from reftkit.config import ConfigError
 from reftkit.plots import plot_val_vs_time, read_metrics, rolling_mean
@@ -104,6 +105,9 @@ def render_markdown(entries: list[dict[str, Any]], figures: dict[str, list[str]]
         "",
     ]
     for entry in entries:
+        if entry.get("kind") == "protocol":
+            lines += render_protocol(entry, figures.get(entry["experiment"], []))
+            continue
         extras = entry.get("extra_test_sets", [])
         e = entry["epochs"]
         lines += [
@@ -222,14 +226,19 @@ def _read_list(path: Path) -> list[dict[str, Any]]:
 
 
 def aggregate(experiment_dirs: list[Path], docs: Path, ablation_dirs: list[Path] = ()) -> list[dict[str, Any]]:
-    """Update ``docs/results.json`` (and ``ablations.json``), re-render ``docs/results.md`` and the figures."""
+    """Update ``docs/results.json`` (and ``ablations.json``), re-render ``docs/results.md`` and the figures.
+
+    A folder written by ``experiments/protocol/run.py`` (it holds ``protocol.json``) is read as a protocol."""
     path = docs / "results.json"
-    entries = _merge(_read_list(path), [summarise(d) for d in experiment_dirs], "experiment")
+    new = [summarise_protocol(d) if (d / "protocol.json").is_file() else summarise(d) for d in experiment_dirs]
+    entries = _merge(_read_list(path), new, "experiment")
     ablations = _merge(_read_list(docs / "ablations.json"), [summarise_ablation(d) for d in ablation_dirs], "ablation")
     figures: dict[str, list[str]] = {}
     for entry in entries:
         stem = Path(entry["run_dirs"][0]).parent.name
-        if all((Path(d) / "summary.json").is_file() for d in entry["run_dirs"]):
+        if entry.get("kind") == "protocol":  # drawn from the curves the entry itself holds
+            pngs = [plot_protocol(entry, docs / "img" / f"{stem}_val_curves.png")]
+        elif all((Path(d) / "summary.json").is_file() for d in entry["run_dirs"]):
             pngs = plot_experiment(entry, docs / "img", stem)
         else:  # the run folders of an earlier aggregation are gone: keep the figures drawn then
             pngs = sorted((docs / "img").glob(f"{stem}_*.png"))
@@ -245,3 +254,157 @@ def aggregate(experiment_dirs: list[Path], docs: Path, ablation_dirs: list[Path]
         markdown += "\n" + notes.read_text()
     (docs / "results.md").write_text(markdown)
     return entries
+
+
+# ----- the comparison protocol (experiments/protocol/run.py): converged SFT and every arm from one warm-up ---------
+
+PROTOCOL_ARM_NAMES = {
+    "warmup": "warm-up",
+    "sft": "converged SFT",
+    "online_st": "online self-training, with gold",
+    "online_st_nogold": "online self-training, no gold",
+    "reft_gae": "ReFT, GAE (the paper's)",
+    "reft_gae_lam1_detached": "ReFT, GAE λ=1, detached value head",
+    "reft_grpo": "ReFT, GRPO",
+    "reft_rloo": "ReFT, RLOO",
+    "reft_reinforce_baseline": "ReFT, REINFORCE + group baseline",
+    "reft_dr_grpo": "ReFT, Dr. GRPO",
+}
+
+
+def protocol_seed(seed_dir: Path, arms: list[str]) -> dict[str, Any]:
+    """One seed of a protocol folder: per arm its val and test accuracy, the point selected on validation, its
+    training seconds after the warm-up, and its validation curve as [seconds, epochs, val_acc] points (SFT's
+    seconds and epochs counted from the warm-up snapshot)."""
+    sft_dir = seed_dir / "sft"
+    warmup = int(yaml.safe_load((sft_dir / "config.yaml").read_text())["sft"]["warmup_epochs"])
+    evals = [r for r in read_metrics(sft_dir / "metrics.jsonl") if r["stage"] == "sft_eval" and r["epoch"] >= warmup]
+    best = max(evals, key=lambda r: r["val_acc"])  # the first of equals, as the trainer keeps it
+    tests = {name: json.loads((sft_dir / f"test_{name}.json").read_text()) for name in ("warmup", "sft")}
+    start = evals[0]["wall"]
+    seed: dict[str, Any] = {
+        "warmup": {"val": evals[0]["val_acc"], "test": tests["warmup"]["accuracy"], "at": f"epoch {warmup}"},
+        "sft": {
+            "val": best["val_acc"],
+            "test": tests["sft"]["accuracy"],
+            "at": f"epoch {best['epoch']} of {evals[-1]['epoch']}",
+            "seconds": round(evals[-1]["wall"] - start, 1),
+            "curve": [[round(r["wall"] - start, 1), r["epoch"] - warmup, r["val_acc"]] for r in evals],
+        },
+        "n_test": tests["sft"]["n"],
+    }
+    for arm in arms:
+        summary = json.loads((seed_dir / arm / "summary.json").read_text())
+        stage = "online_st_eval" if summary.get("method") == "online-st" else "reft_eval"
+        points = [r for r in read_metrics(seed_dir / arm / "metrics.jsonl") if r["stage"] == stage]
+        seed[arm] = {
+            "val": summary["val_acc"],
+            "test": summary["test_acc"],
+            "at": f"step {summary['selected_step']} of {summary['steps']}",
+            "seconds": round(points[-1]["wall"] - points[0]["wall"], 1),
+            "curve": [[round(r["wall"] - points[0]["wall"], 1), round(r["epoch"], 4), r["val_acc"]] for r in points],
+            "commit": summary["commit"],
+        }
+    return seed
+
+
+def summarise_protocol(folder: Path) -> dict[str, Any]:
+    """One ``results.json`` entry of a protocol folder: per arm one list of accuracies aligned with ``seeds``
+    (``sft_test``, ``online_st_test``, ``reft_grpo_test``, ...), selections, seconds, curves and provenance."""
+    protocol = json.loads((folder / "protocol.json").read_text())
+    arms = protocol["arms"]
+    done = [s for s in protocol["seeds"] if all((folder / f"seed{s}" / a / "summary.json").is_file() for a in arms)]
+    done = [s for s in done if (folder / f"seed{s}" / "sft" / "test_sft.json").is_file()]
+    if not done:
+        raise ConfigError(f"{folder}: no seed has finished every arm and the SFT test evaluation")
+    seeds = {s: protocol_seed(folder / f"seed{s}", arms) for s in done}
+    config = yaml.safe_load(protocol["config_text"])
+    task = config.get("task", {})
+    n_test = seeds[done[0]]["n_test"]
+    entry: dict[str, Any] = {
+        "experiment": f"{folder.name} [{task.get('name', 'synthetic')} {task.get('cot', 'python')}; test: test "
+        f"({n_test})]",
+        "kind": "protocol",
+        "base_model": (config.get("model") or {}).get("path") or "tiny",
+        "task": task.get("name", "synthetic"),
+        "cot": task.get("cot", "python"),
+        "test_set": "test",
+        "seeds": done,
+        "arms": ["warmup", "sft", *arms],
+    }
+    for arm in entry["arms"]:
+        entry[f"{arm}_test"] = [seeds[s][arm]["test"] for s in done]
+        entry[f"{arm}_val"] = [seeds[s][arm]["val"] for s in done]
+    entry["selected"] = {arm: [seeds[s][arm]["at"] for s in done] for arm in entry["arms"]}
+    entry["seconds"] = {arm: [seeds[s][arm]["seconds"] for s in done] for arm in entry["arms"][1:]}
+    entry["curves"] = {arm: [seeds[s][arm]["curve"] for s in done] for arm in entry["arms"][1:]}
+    entry["config"] = protocol["config_text"]
+    entry["preset"] = protocol.get("preset", "default")
+    entry["commands"] = protocol["commands"]
+    entry["commits"] = sorted({protocol["commit"], *(seeds[s][a]["commit"] for s in done for a in arms)})
+    entry["cpu_flags"] = protocol["cpu_flags"]
+    entry["run_dirs"] = [str(folder / f"seed{s}") for s in done]
+    return entry
+
+
+def plot_protocol(entry: dict[str, Any], path: Path) -> Path:
+    """Validation accuracy of every arm against minutes and against epochs of training after the warm-up: each
+    seed faint, the mean over seeds bold (over the points every seed reached)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    colours = plt.get_cmap("tab10")
+    for i, (arm, runs) in enumerate(entry["curves"].items()):
+        colour = colours(i % 10)
+        common = min(len(run) for run in runs)
+        for ax, x in zip(axes, (0, 1), strict=True):
+            scale = 60 if x == 0 else 1
+            for run in runs:
+                ax.plot([p[x] / scale for p in run], [100 * p[2] for p in run], color=colour, alpha=0.25, lw=0.8)
+            mean_x = [statistics.mean(run[j][x] for run in runs) / scale for j in range(common)]
+            mean_y = [100 * statistics.mean(run[j][2] for run in runs) for j in range(common)]
+            ax.plot(mean_x, mean_y, color=colour, lw=2, marker="o", markersize=3,
+                    label=PROTOCOL_ARM_NAMES.get(arm, arm) if x == 0 else None)  # fmt: skip
+    axes[0].set_xlabel("minutes of training after the warm-up (one CPU core each)")
+    axes[1].set_xlabel("epochs over the training questions after the warm-up")
+    axes[0].set_ylabel("validation accuracy (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{entry['task']} {entry['cot']}: validation accuracy, {len(entry['seeds'])} seeds (mean bold)")
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_protocol(entry: dict[str, Any], figures: list[str]) -> list[str]:
+    """The protocol's table (one row per arm: mean ± std over seeds, then each seed) and how it was run."""
+    seeds = entry["seeds"]
+    lines = [
+        f"## {entry['experiment']}",
+        "",
+        f"Base model `{entry['base_model']}`. Every arm starts from the same warm-up snapshot of one SFT run and is "
+        "selected on validation; test accuracy is greedy, once per selected checkpoint. Converged SFT is the best "
+        "epoch of that SFT run, stopped by patience.",
+        "",
+        "| arm | val (mean ± std) | test (mean ± std) | " + " | ".join(f"test seed {s}" for s in seeds)
+        + " | selected | minutes after the warm-up |",
+        "|" + "---|" * (5 + len(seeds)),
+    ]
+    for arm in entry["arms"]:
+        minutes = entry["seconds"].get(arm)
+        row = [
+            PROTOCOL_ARM_NAMES.get(arm, arm) + f" (`{arm}`)",
+            mean_std(entry[f"{arm}_val"]),
+            f"**{mean_std(entry[f'{arm}_test'])}**",
+            *(f"{100 * v:.1f}" for v in entry[f"{arm}_test"]),
+            "; ".join(entry["selected"][arm]),
+            "–" if minutes is None else f"{statistics.mean(minutes) / 60:.1f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Config (over the `{entry.get('preset', 'default')}` preset):", "", "```yaml", entry["config"].rstrip(), "```", "",
+              f"Commit(s): {', '.join(f'`{c}`' for c in entry['commits'])}; CPU flags: {', '.join(entry['cpu_flags'])}."
+              " Commands, seed 0 (each seed the same with its `seed=`):", ""]  # fmt: skip
+    lines += [f"- `{cmd}`" for name, cmd in entry["commands"].items() if name.startswith(f"seed{seeds[0]}/")]
+    lines += ["", *(f"![{Path(f).stem}]({f})" for f in figures), ""]
+    return lines

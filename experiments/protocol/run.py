@@ -35,6 +35,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_dr_grpo": ("reft", ["reft.advantage=dr_grpo", *K4]),
 }
 """Arm name -> (reftkit command, overrides over the protocol config). Every arm samples 126 x 32 chains."""
+FILE_FLAGS = ("--config", "--preset")
 DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
 
 
@@ -44,24 +45,34 @@ class Job:
     argv: list[str]
     folder: Path
     needs: Path | None = None  # a path that must exist first
+    output: Path | None = None  # the job's stdout, kept (renamed into place) when it succeeds
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.log = self.folder.with_name(self.folder.name + ".log")
 
     def done(self) -> bool:
+        if self.output is not None:
+            return self.output.is_file()
+        if self.argv[0] == "sft":
+            return (self.folder / "resume" / "sft" / "done").is_dir()
         return (self.folder / "summary.json").is_file()
 
     def ready(self) -> bool:
         return self.needs is None or self.needs.exists()
 
 
-def jobs_for(config: Path, out: Path, seed: int, arms: list[str], data_dir: str | None) -> list[Job]:
-    common = ["--config", str(config), f"seed={seed}"] + ([] if data_dir is None else ["--data-dir", data_dir])
+def jobs_for(config: Path, out: Path, seed: int, arms: list[str], data_dir: str | None, preset: str) -> list[Job]:
+    common = ["--preset", preset, "--config", str(config), f"seed={seed}"]
+    common += [] if data_dir is None else ["--data-dir", data_dir]
     root = out / f"seed{seed}"
     sft = Job(f"seed{seed}/sft", ["sft", "--out", str(root / "sft"), *common], root / "sft")
     warmup = root / "sft" / "checkpoints" / "warmup"
     jobs = [sft]
+    for name in ("warmup", "sft"):  # greedy test accuracy of the warm-up and of converged SFT (its best epoch)
+        argv = ["eval", "--model", str(root / "sft" / "checkpoints" / name), "--split", "test", *common]
+        jobs.append(Job(f"seed{seed}/test_{name}", argv, root / "sft" / f"test_{name}",
+                        needs=root / "sft" / "resume" / "sft" / "done", output=root / "sft" / f"test_{name}.json"))
     for arm in arms:
         command, overrides = ARMS[arm]
         folder = root / arm
@@ -72,20 +83,21 @@ def jobs_for(config: Path, out: Path, seed: int, arms: list[str], data_dir: str 
 
 def launch(job: Job) -> subprocess.Popen:
     argv = list(job.argv)
-    if (job.folder / "config.yaml").is_file():  # started before: continue from its checkpoint
-        argv = [a for a in argv if not a.startswith("seed=")] + ["--resume"]
-        argv = [a for i, a in enumerate(argv) if a != "--config" and (i == 0 or argv[i - 1] != "--config")]
+    if job.output is None and (job.folder / "config.yaml").is_file():  # started before: continue from its checkpoint
+        argv = [a for a in argv if not a.startswith("seed=")] + ["--resume"]  # the run's config.yaml rules
+        argv = [a for i, a in enumerate(argv) if a not in FILE_FLAGS and (i == 0 or argv[i - 1] not in FILE_FLAGS)]
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_MININTERVAL": "30"}
     job.log.parent.mkdir(parents=True, exist_ok=True)
     with job.log.open("a") as fh:
         fh.write(f"\n$ reftkit {' '.join(argv)}\n")
         fh.flush()
-        return subprocess.Popen([sys.executable, "-m", "reftkit.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env)  # fmt: skip
+        stdout = fh if job.output is None else _partial(job).open("w")
+        return subprocess.Popen([sys.executable, "-m", "reftkit.cli", *argv], stdout=stdout, stderr=fh, env=env)
 
 
-def sft_done(job: Job) -> bool:
-    return (job.folder / "resume" / "sft" / "done").is_dir()
+def _partial(job: Job) -> Path:
+    assert job.output is not None
+    return job.output.with_name(job.output.name + ".part")
 
 
 def main() -> int:
@@ -96,26 +108,31 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir")
+    parser.add_argument("--preset", default="default", help="the reftkit preset under --config")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    queue = [job for seed in args.seeds for job in jobs_for(args.config, args.out, seed, args.arms, args.data_dir)]
+    queue = [job for seed in args.seeds
+             for job in jobs_for(args.config, args.out, seed, args.arms, args.data_dir, args.preset)]  # fmt: skip
     record = {
-        "config": str(args.config), "config_text": args.config.read_text(), "seeds": args.seeds, "arms": args.arms,
+        "config": str(args.config), "config_text": args.config.read_text(), "preset": args.preset,
+        "seeds": args.seeds, "arms": args.arms,
         "commit": commit, "cpu_flags": cpu, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commands": {job.name: "OMP_NUM_THREADS=1 reftkit " + " ".join(job.argv) for job in queue},
     }  # fmt: skip
     (args.out / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
     running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
-    pending = [job for job in queue if not (job.done() or (job.name.endswith("/sft") and sft_done(job)))]
+    pending = [job for job in queue if not job.done()]
     print(f"{len(pending)} of {len(queue)} jobs to run, {args.jobs} at a time (commit {commit}, cpu {cpu})")
     while pending or running:
         for name, (job, proc, started) in list(running.items()):
             if proc.poll() is not None:
                 del running[name]
+                if proc.returncode == 0 and job.output is not None:
+                    _partial(job).rename(job.output)
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {job.log})"
                 print(f"{time.strftime('%H:%M:%S')} {name}: {status} after {time.time() - started:.0f} s", flush=True)
         for job in [j for j in pending if j.ready()][: args.jobs - len(running)]:
