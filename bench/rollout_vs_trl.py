@@ -113,6 +113,7 @@ from reftkit.tasks import load_task
 from reftkit.tasks.base import prompt_text, target_text
 from reftkit.trainers.common import make_accelerator, param_count, sample_policy
 from reftkit.trainers.reft import make_experience, ppo_update
+from reftkit.trainers.stepwise import Rollout
 
 COT = "python"
 
@@ -349,12 +350,14 @@ def main() -> None:
         step_samples["reftkit"].append(kept_tokens(responses))
         t = time.perf_counter()
         texts = decode_responses(tokenizer, responses)
-        graded = grade_batch([problems[i] for i in question_ids for _ in range(args.k)], texts, COT,
-                             data.answer_type, table, config.eval.program_timeout)  # fmt: skip
+        rows = [i for i in question_ids for _ in range(args.k)]
+        graded = grade_batch([problems[i] for i in rows], texts, COT, data.answer_type, table,
+                             config.eval.program_timeout)  # fmt: skip
         scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
+        rollout = Rollout(torch.tensor(rows), batch, responses, [problems[i] for i in rows], texts, graded, scores)
         times["reward"] = time.perf_counter() - t
         t = time.perf_counter()
-        exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
+        exp = make_experience(policy, ref, rollout, config, accelerator)
         times["score"] = time.perf_counter() - t
         t = time.perf_counter()
         ppo_update(policy, optimizer, exp, config, accelerator)

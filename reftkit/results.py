@@ -402,7 +402,8 @@ def render_protocol(entry: dict[str, Any], figures: list[str]) -> list[str]:
             "–" if minutes is None else f"{statistics.mean(minutes) / 60:.1f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Config (over the `{entry.get('preset', 'default')}` preset):", "", "```yaml", entry["config"].rstrip(), "```", "",
+    preset = entry.get("preset", "default")
+    lines += ["", f"Config (over the `{preset}` preset):", "", "```yaml", entry["config"].rstrip(), "```", "",
               f"Commit(s): {', '.join(f'`{c}`' for c in entry['commits'])}; CPU flags: {', '.join(entry['cpu_flags'])}."
               " Commands, seed 0 (each seed the same with its `seed=`):", ""]  # fmt: skip
     lines += [f"- `{cmd}`" for name, cmd in entry["commands"].items() if name.startswith(f"seed{seeds[0]}/")]

@@ -12,17 +12,16 @@ from (``reftkit.rollout.warp_logits``).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit import ppo
-from reftkit.answers import RewardTable, frac_correct_chain_disagrees, grade_batch, outcome_counts
+from reftkit.answers import frac_correct_chain_disagrees
 from reftkit.config import ReFTConfig, RunConfig
 from reftkit.distributed import local_rows, owned, world
 from reftkit.models import (
@@ -32,32 +31,11 @@ from reftkit.models import (
     reference_model,
     trainable_parameters,
 )
-from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts, warp_logits
-from reftkit.tasks.base import CoT, TaskData, prompt_text
-from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
-from reftkit.trainers.common import (
-    MetricsLog,
-    NonFiniteGuard,
-    Selection,
-    apply_gradients,
-    question_batches,
-    rollout_engine,
-    sample_policy,
-    step_plan,
-    validation_accuracy,
-    write_atomically,
-)
+from reftkit.rollout import Responses, warp_logits
+from reftkit.tasks.base import TaskData
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, write_atomically
 from reftkit.trainers.sft import collate, sft_loss, tokenize_examples
-
-
-@dataclass
-class ReFTResult:
-    """What a step-wise trainer (ReFT, online self-training) keeps: best-on-validation and last checkpoints."""
-
-    best_dir: Path
-    last_dir: Path
-    best_step: int
-    val_history: dict[int, float] = field(default_factory=dict)
+from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
 
 
 @dataclass
@@ -147,16 +125,12 @@ def train_reft(
     accelerator: Accelerator,
     warmup_val_acc: float | None = None,
     epoch_offset: float = 0.0,
-) -> ReFTResult:
-    """PPO from ``warmup_dir`` for ``reft.epochs`` epochs; keeps the best-on-validation and the last policy.
-
-    ``epoch_offset`` places the logged epochs after the warm-up's, so curves of both stages share an axis.
-    """
+) -> StepResult:
+    """PPO from ``warmup_dir`` for ``reft.epochs`` epochs; keeps the best-on-validation and the last policy."""
     cfg = config.reft
-    cot: CoT = config.task.cot  # type: ignore[assignment]
-    checkpoints = StageCheckpoints(out_dir, "reft", config.checkpoint, log, accelerator)
-    if (done := checkpoints.finished()) is not None:
-        return result_from_json(ReFTResult, done)
+    checkpoints, done = start_stage("reft", out_dir, config, log, accelerator)
+    if done is not None:
+        return done
     lm_options = (tokenizer, config.model, config.seed)
     critic = ppo.ESTIMATORS[cfg.advantage].needs_critic
     value_lm = load_trainable_lm(warmup_dir, *lm_options) if critic and cfg.value_model == "separate" else None
@@ -164,103 +138,68 @@ def train_reft(
     ref = reference_model(warmup_dir, tokenizer, cfg, policy.lm, accelerator.device) if cfg.kl_coef > 0 else None
     gold = None
     if cfg.sft_coef > 0:
-        gold = GoldChains(tokenize_examples(tokenizer, data.train, cot), tokenizer.pad_token_id)
+        gold = GoldChains(tokenize_examples(tokenizer, data.train, config.task.cot), tokenizer.pad_token_id)  # type: ignore[arg-type]
     groups = policy.param_groups(cfg.lr, cfg.value_lr or cfg.lr)
     optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
-    table = RewardTable(partial_reward=cfg.partial_reward)
-    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
-    sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
-    steps_per_epoch, total_steps = step_plan(len(prompts), cfg)
 
-    dirs = {name: out_dir / "checkpoints" / name for name in ("reft", "reft_last")}
-    selection = Selection()
-
-    def validate(step: int, known: float | None = None) -> None:
-        if known is None:
-            known = validation_accuracy(accelerator.unwrap_model(policy).lm, tokenizer, data, config, accelerator)
-        log.write("reft_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
-        if selection.record(step, known):
-            _save(accelerator, policy, tokenizer, dirs["reft"])
-
-    guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, "reft")
-    generators = {"sample": sample_rng}
-    start = checkpoints.load_stepwise(policy, optimizer, generators, selection, guard)
-    if start == 0:
-        validate(0, warmup_val_acc)
-    engine = rollout_engine(cfg, warmup_dir)
-    bar = tqdm(total=total_steps, initial=start, desc="reft", unit="step", dynamic_ncols=True)
-    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
-    for step, questions in batches:
-        guard.step = step
-        started = time.time()
-        rows = [q for q in questions for _ in range(cfg.samples_per_question)]
-        batch, responses = sample_policy(
-            accelerator.unwrap_model(policy).lm, prompts, questions, cfg, tokenizer, sample_rng, accelerator, engine
-        )
-        problems = [data.train[i] for i in rows]
-        texts = decode_responses(tokenizer, responses)
-        graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
-        scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
-        exp = make_experience(policy, ref, batch, responses, scores, torch.tensor(rows), config, accelerator)
+    def update(rollout: Rollout, step: int, guard: NonFiniteGuard) -> dict[str, Any]:
+        exp = make_experience(policy, ref, rollout, config, accelerator)
         stats = {}
         finite = torch.isfinite(exp.advantages).all() & (exp.returns is None or torch.isfinite(exp.returns).all())
         if guard.ok(finite, "KL or value"):
             value_only = step <= cfg.value_warmup_steps
             stats = ppo_update(policy, optimizer, exp, config, accelerator, guard, value_only, gold)
-        counts = outcome_counts(graded)
-        mask = accelerator.gather(exp.responses.mask)  # every process's rows, for the logged figures
-        figures = {
-            "reward": scores.mean(),
-            **{f"frac_{k}": v / len(graded) for k, v in counts.items()},
-            "response_length": mask.sum(1).mean(),
-            "truncated": responses.truncated.float().mean(),
-            "step_seconds": time.time() - started,
-            **stats,
-        }
-        if exp.ref_logp is not None:
-            old_logp, ref_logp = accelerator.gather(exp.old_logp), accelerator.gather(exp.ref_logp)
-            figures["kl"] = (ppo.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean()  # per sequence
-            figures["kl_k3"] = (ppo.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean()
-        if exp.old_values is not None:
-            old_values, returns = accelerator.gather(exp.old_values), accelerator.gather(exp.returns)
-            figures["explained_variance"] = ppo.explained_variance(old_values, returns, mask)
-        if data.answer_type == "mcq":  # MCQ reward hacking (REFERENCE.md A.4): right letter, wrong chain
-            figures["frac_correct_chain_disagrees"] = frac_correct_chain_disagrees(
-                graded, texts, [p.question for p in problems]
-            )
-        log.write("reft", step, epoch=epoch_offset + step / steps_per_epoch, **figures)
-        bar.update(1)
-        bar.set_postfix(
-            reward=f"{scores.mean():.2f}", kl=f"{float(figures.get('kl', 0.0)):.2f}", best_val=f"{selection.best:.3f}"
-        )
-        if step % cfg.eval_every == 0 or step == total_steps:
-            validate(step)
-        checkpoints.save_stepwise(step, policy, optimizer, generators, selection, guard)
-    bar.close()
-    _save(accelerator, policy, tokenizer, dirs["reft_last"])
-    result = ReFTResult(dirs["reft"], dirs["reft_last"], selection.best_step, selection.history)
-    checkpoints.finish(result_to_json(result))
-    return result
+        return {**experience_figures(exp, accelerator), **stats, **_mcq_figures(rollout, data)}
+
+    trainer = StepwiseTrainer(
+        "reft", policy, optimizer, lambda: accelerator.unwrap_model(policy).lm,
+        lambda target: _save(accelerator, policy, tokenizer, target), update,
+    )  # fmt: skip
+    return run_steps(
+        trainer, checkpoints, config, warmup_dir, tokenizer, data, out_dir, log, accelerator, warmup_val_acc,
+        epoch_offset,
+    )  # fmt: skip
+
+
+def experience_figures(exp: Experience, accelerator: Accelerator) -> dict[str, Any]:
+    """The KL to the warm-up (per sequence, k1 and k3) and the critic's explained variance, over every process's
+    rows; each only where there is a reference or a critic."""
+    mask = accelerator.gather(exp.responses.mask)
+    figures = {}
+    if exp.ref_logp is not None:
+        old_logp, ref_logp = accelerator.gather(exp.old_logp), accelerator.gather(exp.ref_logp)
+        figures["kl"] = (ppo.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean()
+        figures["kl_k3"] = (ppo.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean()
+    if exp.old_values is not None:
+        old_values, returns = accelerator.gather(exp.old_values), accelerator.gather(exp.returns)
+        figures["explained_variance"] = ppo.explained_variance(old_values, returns, mask)
+    return figures
+
+
+def _mcq_figures(rollout: Rollout, data: TaskData) -> dict[str, Any]:
+    """MCQ reward hacking (REFERENCE.md A.4): the share of samples with the right letter after a wrong chain."""
+    if data.answer_type != "mcq":
+        return {}
+    questions = [p.question for p in rollout.problems]
+    return {"frac_correct_chain_disagrees": frac_correct_chain_disagrees(rollout.graded, rollout.texts, questions)}
 
 
 @torch.no_grad()
 def make_experience(
     policy: PolicyWithValue,
     ref: PreTrainedModel | None,
-    batch: Batch,
-    responses: Responses,
-    scores: torch.Tensor,
-    questions: torch.Tensor,
+    rollout: Rollout,
     config: RunConfig,
     accelerator: Accelerator,
 ) -> Experience:
-    """Score this process's rows of the rollouts once and turn them into advantages (and, with a critic, returns).
+    """Score this process's rows of the rollout once and turn them into advantages (and, with a critic, returns).
 
-    ``scores`` and ``questions`` hold every row of the step, so group baselines see whole groups whichever
+    The rollout's scores and questions hold every row of the step, so group baselines see whole groups whichever
     process holds which rows."""
     cfg = config.reft
+    batch, responses, scores, questions = rollout.prompts, rollout.responses, rollout.scores, rollout.questions
     spec = ppo.ESTIMATORS[cfg.advantage]
     device = accelerator.device
     n_rows = len(scores)

@@ -12,35 +12,23 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from reftkit.answers import Outcome, grade_batch
+from reftkit.answers import Outcome
 from reftkit.config import RunConfig
 from reftkit.models import load_trainable_lm, trainable_parameters
-from reftkit.rollout import decode_responses, encode_prompts
+from reftkit.rollout import encode_prompts
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
-from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
-from reftkit.trainers.common import (
-    MetricsLog,
-    NonFiniteGuard,
-    Selection,
-    apply_gradients,
-    question_batches,
-    rollout_engine,
-    sample_policy,
-    step_plan,
-    validation_accuracy,
-)
-from reftkit.trainers.reft import ReFTResult
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients
 from reftkit.trainers.sft import batch_sft_loss, save_model, tokenize_examples
+from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
 
 
 def chain_from_completion(problem: Problem, completion: str, cot: CoT) -> str | None:
@@ -85,88 +73,46 @@ def train_online_st(
     accelerator: Accelerator,
     warmup_val_acc: float | None = None,
     epoch_offset: float = 0.0,
-) -> ReFTResult:
+) -> StepResult:
     """Online self-training from the warm-up with ReFT's sampling, steps, learning rate and selection."""
     cfg = config.reft
-    cot: CoT = config.task.cot  # type: ignore[assignment]
-    checkpoints = StageCheckpoints(out_dir, "online_st", config.checkpoint, log, accelerator)
-    if (done := checkpoints.finished()) is not None:
-        return result_from_json(ReFTResult, done)
+    checkpoints, done = start_stage("online_st", out_dir, config, log, accelerator)
+    if done is not None:
+        return done
     model = load_trainable_lm(warmup_dir, tokenizer, config.model, config.seed)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, as in ReFT
-    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
-    gold = tokenize_examples(tokenizer, data.train, cot)
-    sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
-    steps_per_epoch, total_steps = step_plan(len(prompts), cfg)
-    dirs = {name: out_dir / "checkpoints" / name for name in ("online_st", "online_st_last")}
-    selection = Selection()
+    gold = tokenize_examples(tokenizer, data.train, config.task.cot)  # type: ignore[arg-type]
+    prompts = encode_prompts(tokenizer, [prompt_text(p, config.task.cot) for p in data.train])  # type: ignore[arg-type]
+    pad = tokenizer.pad_token_id
 
-    def validate(step: int, known: float | None = None) -> None:
-        if known is None:
-            known = validation_accuracy(accelerator.unwrap_model(model), tokenizer, data, config, accelerator)
-        log.write("online_st_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
-        if selection.record(step, known):
-            save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st"])
-
-    guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, "online_st")
-    generators = {"sample": sample_rng}
-    start = checkpoints.load_stepwise(model, optimizer, generators, selection, guard)
-    if start == 0:
-        validate(0, warmup_val_acc)
-    engine = rollout_engine(cfg, warmup_dir)
-    bar = tqdm(total=total_steps, initial=start, desc="online-st", unit="step", dynamic_ncols=True)
-    batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
-    for step, questions in batches:
-        guard.step = step
-        started = time.time()
-        _, responses = sample_policy(
-            accelerator.unwrap_model(model), prompts, questions, cfg, tokenizer, sample_rng, accelerator, engine
-        )
-        rows = [q for q in questions for _ in range(cfg.samples_per_question)]
-        graded = grade_batch(
-            [data.train[i] for i in rows],
-            decode_responses(tokenizer, responses),
-            cot,
-            data.answer_type,
-            timeout=config.eval.program_timeout,
-        )
-        lengths = responses.mask.sum(1).long().tolist()
+    def update(rollout: Rollout, step: int, guard: NonFiniteGuard) -> dict[str, Any]:
+        lengths = rollout.lengths.long().tolist()
         correct = [
-            (prompts[q] + responses.ids[j, : lengths[j]].tolist(), len(prompts[q]))
-            for j, (q, g) in enumerate(zip(rows, graded, strict=True))
-            if g.outcome == Outcome.CORRECT and not bool(responses.truncated[j])  # the EOS is part of the target
+            (prompts[q] + rollout.responses.ids[j, : lengths[j]].tolist(), len(prompts[q]))
+            for j, (q, g) in enumerate(zip(rollout.questions.tolist(), rollout.graded, strict=True))
+            if g.outcome == Outcome.CORRECT and not bool(rollout.responses.truncated[j])  # the EOS is in the target
         ]
+        questions = list(dict.fromkeys(rollout.questions.tolist()))
         losses = []
         with_gold = config.self_training.online_gold
         for _ in range(cfg.ppo_epochs if with_gold or correct else 0):  # nothing to learn from: no update
             if with_gold:
-                loss = 0.5 * batch_sft_loss(model, [gold[q] for q in questions], tokenizer.pad_token_id, accelerator)
+                loss = 0.5 * batch_sft_loss(model, [gold[q] for q in questions], pad, accelerator)
                 if correct:
-                    loss = loss + 0.5 * batch_sft_loss(model, correct, tokenizer.pad_token_id, accelerator)
+                    loss = loss + 0.5 * batch_sft_loss(model, correct, pad, accelerator)
             else:
-                loss = batch_sft_loss(model, correct, tokenizer.pad_token_id, accelerator)
+                loss = batch_sft_loss(model, correct, pad, accelerator)
             apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, guard=guard)
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-        frac_correct = sum(g.outcome == Outcome.CORRECT for g in graded) / len(graded)
-        log.write(
-            "online_st",
-            step,
-            epoch=epoch_offset + step / steps_per_epoch,
-            frac_correct=frac_correct,
-            kept=len(correct),
-            loss=sum(losses) / len(losses) if losses else None,
-            response_length=responses.mask.sum(1).mean(),
-            step_seconds=time.time() - started,
-        )
-        bar.update(1)
-        bar.set_postfix(correct=f"{frac_correct:.2f}", best_val=f"{selection.best:.3f}")
-        if step % cfg.eval_every == 0 or step == total_steps:
-            validate(step)
-        checkpoints.save_stepwise(step, model, optimizer, generators, selection, guard)
-    bar.close()
-    save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs["online_st_last"])
-    result = ReFTResult(dirs["online_st"], dirs["online_st_last"], selection.best_step, selection.history)
-    checkpoints.finish(result_to_json(result))
-    return result
+        return {"kept": len(correct), "loss": sum(losses) / len(losses) if losses else None}
+
+    trainer = StepwiseTrainer(
+        "online_st", model, optimizer, lambda: accelerator.unwrap_model(model),
+        lambda target: save_model(accelerator, accelerator.unwrap_model(model), tokenizer, target), update,
+    )  # fmt: skip
+    return run_steps(
+        trainer, checkpoints, config, warmup_dir, tokenizer, data, out_dir, log, accelerator, warmup_val_acc,
+        epoch_offset,
+    )  # fmt: skip

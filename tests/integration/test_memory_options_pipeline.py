@@ -19,7 +19,7 @@ import torch.utils.checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import reftkit.trainers.reft as reft_trainer
+import reftkit.trainers.stepwise as stepwise
 from reftkit.answers import Graded, Outcome
 from reftkit.config import load_config
 from reftkit.run import run_pipeline
@@ -68,7 +68,7 @@ def run(out: Path, overrides: list[str], resume: bool = False, stop_after: tuple
             raise Interrupted
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reft_trainer, "grade_batch", even_length_reward)
+        patch.setattr(stepwise, "grade_batch", even_length_reward)
         patch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
         patch.setattr(StageCheckpoints, "save", save)
         config = load_config("micro", None, [*COMMON, *overrides])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-import reftkit.trainers.reft as reft_trainer
+import reftkit.trainers.stepwise as stepwise
 from reftkit import ppo
 from reftkit.answers import Graded, Outcome
 from reftkit.config import load_config
@@ -42,7 +42,7 @@ def reft_records(out: Path, overrides: list[str], flip: str | None = None) -> li
     """The ``reft`` records of a micro run on the short-completion reward; ``flip`` names an estimator whose
     advantages are negated for the run."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reft_trainer, "grade_batch", short_completion_reward)
+        patch.setattr(stepwise, "grade_batch", short_completion_reward)
         if flip is not None:
             spec = ppo.ESTIMATORS[flip]
             flipped = dataclasses.replace(spec, sequence=lambda scores, groups: -spec.sequence(scores, groups))

@@ -11,6 +11,7 @@ from reftkit.config import TinyModelConfig, load_config
 from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
 from reftkit.rollout import encode_prompts, generate, left_pad
 from reftkit.trainers.reft import make_experience, ppo_update
+from reftkit.trainers.stepwise import Rollout
 
 SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
 TEXTS = ["Question:\nTom has 5 apples. He buys 3 more.\nAnswer reasoning:\n    a = 5\n    return a + 3"] * 20
@@ -39,7 +40,8 @@ def one_update(tiny, value_model: str, value_only: bool):
         policy.lm, batch, 8, tokenizer.eos_token_id, tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0)
     )
     scores = torch.tensor([1.0, 0.0, 0.1, 1.0])
-    exp = make_experience(policy, ref, batch, responses, scores, config, accelerator)
+    rollout = Rollout(torch.arange(4), batch, responses, [], [], [], scores)  # 4 questions, one sample each
+    exp = make_experience(policy, ref, rollout, config, accelerator)
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     ppo_update(policy, optimizer, exp, config, accelerator, value_only=value_only)
     changed = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
