@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-K4 = ["reft.samples_per_question=4", "reft.questions_per_step=8", "reft.max_steps=126"]
+K4 = ["reft.samples_per_question=4", "reft.questions_per_step=8", "reft.max_steps={group_steps}"]
 ARMS: dict[str, tuple[str, list[str]]] = {
     "online_st": ("online-st", []),
     "online_st_nogold": ("online-st", ["self_training.online_gold=false"]),
@@ -34,7 +34,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_reinforce_baseline": ("reft", ["reft.advantage=reinforce_baseline", *K4]),
     "reft_dr_grpo": ("reft", ["reft.advantage=dr_grpo", *K4]),
 }
-"""Arm name -> (reftkit command, overrides over the protocol config). Every arm samples 126 x 32 chains."""
+"""Arm name -> (reftkit command, overrides over the protocol config). The group arms (k = 4 samples of 8 questions a
+step) stop after ``--group-steps`` steps: set it to the k = 1 arms' step count, so every arm samples as many chains."""
 FILE_FLAGS = ("--config", "--preset")
 DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
 
@@ -62,7 +63,9 @@ class Job:
         return self.needs is None or self.needs.exists()
 
 
-def jobs_for(config: Path, out: Path, seed: int, arms: list[str], data_dir: str | None, preset: str) -> list[Job]:
+def jobs_for(
+    config: Path, out: Path, seed: int, arms: list[str], data_dir: str | None, preset: str, group_steps: int
+) -> list[Job]:
     common = ["--preset", preset, "--config", str(config), f"seed={seed}"]
     common += [] if data_dir is None else ["--data-dir", data_dir]
     root = out / f"seed{seed}"
@@ -75,6 +78,7 @@ def jobs_for(config: Path, out: Path, seed: int, arms: list[str], data_dir: str 
                         needs=root / "sft" / "resume" / "sft" / "done", output=root / "sft" / f"test_{name}.json"))
     for arm in arms:
         command, overrides = ARMS[arm]
+        overrides = [o.format(group_steps=group_steps) for o in overrides]
         folder = root / arm
         jobs.append(Job(f"seed{seed}/{arm}", [command, "--model", str(warmup), "--out", str(folder), *common,
                                              *overrides], folder, needs=warmup / "config.json"))  # fmt: skip
@@ -109,6 +113,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir")
     parser.add_argument("--preset", default="default", help="the reftkit preset under --config")
+    parser.add_argument("--group-steps", type=int, default=126,
+                        help="steps of the k=4 arms: the k=1 arms' steps (126 for the default task's 2 epochs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -116,7 +122,8 @@ def main() -> int:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
     queue = [job for seed in args.seeds
-             for job in jobs_for(args.config, args.out, seed, args.arms, args.data_dir, args.preset)]  # fmt: skip
+             for job in jobs_for(args.config, args.out, seed, args.arms, args.data_dir, args.preset,
+                                     args.group_steps)]  # fmt: skip
     record = {
         "config": str(args.config), "config_text": args.config.read_text(), "preset": args.preset,
         "seeds": args.seeds, "arms": args.arms,
