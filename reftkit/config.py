@@ -123,6 +123,9 @@ class SFTConfig:
     lr_warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    """Gradient accumulation: each batch of ``batch_size`` is back-propagated in this many parts, one at a time
+    (activation memory of one part), then one optimiser step; the same update as the whole batch at once."""
     patience: int | None = None
     """Stop continued SFT once validation has not improved for this many epochs ("converged SFT": train long, keep
     the best epoch); None trains every epoch."""
@@ -140,6 +143,9 @@ class ReFTConfig:
     """Learning rate of the value head (and separate value model); None: ``lr``, as the paper."""
     ppo_epochs: int = 2
     minibatch_size: int = 32
+    grad_accum_steps: int = 1
+    """Gradient accumulation: each PPO minibatch (and online self-training's batch) is back-propagated in this many
+    parts, one at a time, then one optimiser step; the same update as the whole minibatch at once."""
     kl_coef: float = 0.01
     gamma: float = 1.0
     lam: float = 0.95
@@ -245,6 +251,8 @@ class RewardModelConfig:
     grad_clip: float = 1.0
     max_length: int = 512
     """Tokens per (question, completion) input; longer ones are cut from the left of the question."""
+    grad_accum_steps: int = 1
+    """Gradient accumulation: each batch is back-propagated in this many parts, then one optimiser step."""
 
 
 @dataclass
@@ -298,7 +306,7 @@ _POSITIVE = set(
     reft.value_lr reft.max_steps sample.train_n sample.temperature sample.max_new_tokens
     sample.questions_per_batch sample.vote_draws self_training.max_per_question self_training.offline_epochs
     rm.epochs rm.lr rm.batch_size rm.max_length checkpoint.keep_last checkpoint.max_nonfinite_in_row
-    model.lora.r model.lora.alpha sft.patience
+    model.lora.r model.lora.alpha sft.patience sft.grad_accum_steps reft.grad_accum_steps rm.grad_accum_steps
     """.split()
 )
 _NON_NEGATIVE = set(

@@ -10,7 +10,7 @@ Inputs are the prompt plus the completion without EOS, cut from the left so the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from reftkit.rollout import encode_prompts, left_pad
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import CoT, Problem, prompt_text
 from reftkit.trainers.checkpoints import StageCheckpoints
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts, split_rows
 from reftkit.trainers.sft import epoch_batches, save_model
 
 
@@ -127,6 +127,27 @@ def load_reward_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedToke
     return model, tokenizer
 
 
+def _loss_parts(
+    model: torch.nn.Module,
+    rows: list[list[int]],
+    y: torch.Tensor,
+    pad_id: int,
+    accelerator: Accelerator,
+    parts: int,
+    predicted: list[torch.Tensor],
+) -> Iterator[torch.Tensor]:
+    """The batch's mean cross-entropy in ``parts`` shares (each its rows' sum over the batch size), for gradient
+    accumulation; each share's predicted labels are appended to ``predicted``."""
+    for chunk in split_rows(list(range(len(rows))), parts):
+        with accelerator.autocast():
+            logits = _logits(model, [rows[j] for j in chunk], pad_id, accelerator.device)
+            if len(chunk) == len(rows):
+                yield torch.nn.functional.cross_entropy(logits, y)
+            else:
+                yield torch.nn.functional.cross_entropy(logits, y[chunk], reduction="sum") / len(rows)
+        predicted.append(logits.detach().argmax(-1))
+
+
 def train_reward_model(
     init_dir: Path,
     examples: list[tuple[str, int]],
@@ -180,12 +201,15 @@ def train_reward_model(
     model.train()
     for epoch, batch, ends_epoch in epoch_batches(len(encoded), cfg.batch_size, order_rng, cfg.epochs, step):
         y = torch.tensor([targets[j] for j in batch], device=accelerator.device)
-        with accelerator.autocast():
-            logits = _logits(model, [encoded[j] for j in batch], tokenizer.pad_token_id, accelerator.device)
-            loss = torch.nn.functional.cross_entropy(logits, y)
+        predicted: list[torch.Tensor] = []
+        rows = [encoded[j] for j in batch]
+        parts = _loss_parts(model, rows, y, tokenizer.pad_token_id, accelerator, cfg.grad_accum_steps, predicted)
+        loss = backward_parts(accelerator, parts)
         step = guard.step = step + 1
-        grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
-        acc = (logits.argmax(-1) == y).float().mean().item()
+        grad_norm = apply_gradients(
+            accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard, backward=False
+        )
+        acc = (torch.cat(predicted) == y).float().mean().item()
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         log.write(

@@ -225,14 +225,17 @@ def apply_gradients(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     guard: NonFiniteGuard | None = None,
     frozen: Iterable[torch.nn.Parameter] = (),
+    backward: bool = True,
 ) -> torch.Tensor:
     """One optimiser step on ``loss``: backward, clip the gradient norm, step (and the schedule), zero grads.
+    ``backward=False``: the gradients are already there (``backward_parts``) and ``loss`` is only checked.
     ``frozen`` parameters lose their gradients before the step, so the optimiser neither moves them nor
     counts the step in their state.
     With a ``guard``, a non-finite loss or gradient norm skips the optimiser step (the schedule
     still advances with the data). Returns the gradient norm before clipping (nan under DeepSpeed, which
     clips, and steps, inside ``backward``)."""
-    accelerator.backward(loss)
+    if backward:
+        accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     if grad_norm is None:
         grad_norm = torch.tensor(float("nan"))
@@ -247,6 +250,23 @@ def apply_gradients(
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def backward_parts(accelerator: Accelerator, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Gradient accumulation: back-propagate each part of a loss as it is made, so only one part's activations are
+    alive at a time; returns the parts' sum, detached (the loss of the whole batch when the parts are its shares).
+    One part is exactly a plain backward."""
+    total = torch.zeros(())
+    for i, part in enumerate(parts):
+        accelerator.backward(part)
+        total = part.detach() if i == 0 else total + part.detach()
+    return total
+
+
+def split_rows(rows: list[Any], parts: int) -> list[list[Any]]:
+    """``rows`` in ``parts`` contiguous, nearly equal chunks (fewer when there are fewer rows), in order."""
+    size = -(-len(rows) // max(1, parts))
+    return [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
 
 
 def rollout_engine(cfg: ReFTConfig, model_dir: Path) -> VLLMRollout | None:

@@ -12,6 +12,7 @@ from (``reftkit.rollout.warp_logits``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,14 @@ from reftkit.models import (
 )
 from reftkit.rollout import Responses, warp_logits
 from reftkit.tasks.base import TaskData
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, write_atomically
+from reftkit.trainers.common import (
+    MetricsLog,
+    NonFiniteGuard,
+    apply_gradients,
+    backward_parts,
+    split_rows,
+    write_atomically,
+)
 from reftkit.trainers.sft import collate, sft_loss, tokenize_examples
 from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
 
@@ -261,50 +269,99 @@ def ppo_update(
     for _ in range(cfg.ppo_epochs):
         for global_mb in torch.randperm(exp.n_rows).split(cfg.minibatch_size):
             mb, scale, n_sequences = _local_minibatch(global_mb, exp.rows)
-            n_tokens = None if n_sequences is None else int(exp.lengths[global_mb.to(exp.lengths.device)].sum())
+            shares = split_rows(mb.tolist(), cfg.grad_accum_steps) if cfg.grad_accum_steps > 1 else [mb]
+            n_tokens = None
+            if len(shares) > 1 or n_sequences is not None:  # each share divides by the minibatch's global counts
+                n_sequences = n_sequences or len(global_mb)
+                n_tokens = int(exp.lengths[global_mb.to(exp.lengths.device)].sum())
             aggregate = ppo.Aggregation(kind, n_sequences, n_tokens, cfg.max_new_tokens)
-            mask = exp.responses.mask[mb]
-            with accelerator.autocast():
-                logp, values = score(
-                    policy,
-                    exp.input_ids[mb],
-                    exp.attention_mask[mb],
-                    exp.prompt_width,
-                    exp.responses.ids[mb],
-                    value_into_trunk=not value_only and cfg.value_model != "detached",
-                    sampling=sampling_of(cfg),
-                )
-            pg_loss, pg_stats = ppo.policy_loss(
-                logp, exp.old_logp[mb], exp.advantages[mb], mask, cfg.clip_eps, aggregate=aggregate
+            figures: dict[str, float] = {}
+            parts = _minibatch_losses(policy, exp, shares, aggregate, cfg, accelerator, value_only, gold, figures)
+            loss = backward_parts(accelerator, (scale * part for part in parts))
+            grad_norm = apply_gradients(
+                accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard, frozen=frozen, backward=False
             )
-            loss = (0.0 if value_only else 1.0) * pg_loss
-            figures: dict[str, torch.Tensor | float] = {"policy_loss": scale * pg_loss}  # process mean = the loss
-            if values is not None:
-                vf_loss, vf_stats = ppo.value_loss(
-                    values, exp.old_values[mb], exp.returns[mb], mask, cfg.value_clip, n_sequences
-                )
-                loss = loss + cfg.vf_coef * vf_loss
-                figures |= {"value_loss": scale * vf_loss, **vf_stats}
-            if cfg.kl_mode == "loss" and exp.ref_logp is not None:
-                kl_term = ppo.kl_loss(logp, exp.ref_logp[mb], mask, aggregate)
-                loss = loss + cfg.kl_coef * kl_term
-                figures["kl_loss"] = scale * kl_term
-            if gold is not None and not value_only:
-                with accelerator.autocast():
-                    sft_term = gold.loss(accelerator.unwrap_model(policy).lm, exp.questions[mb], accelerator.device)
-                loss = loss + cfg.sft_coef * sft_term
-                figures["sft_loss"] = scale * sft_term
-            loss = scale * loss
-            grad_norm = apply_gradients(accelerator, loss, policy, optimizer, cfg.grad_clip, guard=guard, frozen=frozen)
-            figures |= {"grad_norm": grad_norm, **pg_stats}
+            figures = {key: scale * value if key in SUMMED else value for key, value in figures.items()}
+            figures["grad_norm"] = float(grad_norm)
             for key, value in figures.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach() if isinstance(value, torch.Tensor) else value)
+                totals[key] = totals.get(key, 0.0) + value
             updates += 1
     means = {key: value / updates for key, value in totals.items()}
     if world()[1] == 1:
         return means
     across = accelerator.reduce(torch.tensor(list(means.values()), device=accelerator.device), reduction="mean")
     return dict(zip(means, across.tolist(), strict=True))
+
+
+def _minibatch_losses(
+    policy: PolicyWithValue,
+    exp: Experience,
+    shares: list[list[int]],
+    aggregate: ppo.Aggregation,
+    cfg: ReFTConfig,
+    accelerator: Accelerator,
+    value_only: bool,
+    gold: GoldChains | None,
+    figures: dict[str, float],
+) -> Iterator[torch.Tensor]:
+    """A minibatch's loss in its gradient-accumulation ``shares`` (this process's rows), made one at a time, then
+    the gold chains' cross-entropy as one more part; each part's figures are added to ``figures`` (the losses
+    summed, the other statistics averaged)."""
+    for share in shares:
+        loss, share_figures = _minibatch_loss(policy, exp, torch.as_tensor(share), aggregate, cfg, accelerator,
+                                              value_only)  # fmt: skip
+        for key, value in share_figures.items():
+            figures[key] = figures.get(key, 0.0) + float(value) / (1 if key in SUMMED else len(shares))
+        yield loss
+    if gold is not None and not value_only:  # one more part: the gold chains of the minibatch's questions
+        questions = torch.cat([exp.questions[torch.as_tensor(share)] for share in shares])
+        with accelerator.autocast():
+            sft_term = gold.loss(accelerator.unwrap_model(policy).lm, questions, accelerator.device)
+        figures["sft_loss"] = float(sft_term.detach())
+        yield cfg.sft_coef * sft_term
+
+
+SUMMED = ("policy_loss", "value_loss", "kl_loss", "sft_loss")
+"""Minibatch figures that add up over the shares of gradient accumulation (the others are averaged)."""
+
+
+def _minibatch_loss(
+    policy: PolicyWithValue,
+    exp: Experience,
+    rows: torch.Tensor,
+    aggregate: ppo.Aggregation,
+    cfg: ReFTConfig,
+    accelerator: Accelerator,
+    value_only: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO loss of this process's ``rows`` of a minibatch (all of it, or one share of it under gradient
+    accumulation) and its figures."""
+    mask = exp.responses.mask[rows]
+    with accelerator.autocast():
+        logp, values = score(
+            policy,
+            exp.input_ids[rows],
+            exp.attention_mask[rows],
+            exp.prompt_width,
+            exp.responses.ids[rows],
+            value_into_trunk=not value_only and cfg.value_model != "detached",
+            sampling=sampling_of(cfg),
+        )
+    pg_loss, figures = ppo.policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, cfg.clip_eps,
+                                       aggregate=aggregate)  # fmt: skip
+    loss = (0.0 if value_only else 1.0) * pg_loss
+    figures["policy_loss"] = pg_loss.detach()
+    if values is not None:
+        vf_loss, vf_stats = ppo.value_loss(
+            values, exp.old_values[rows], exp.returns[rows], mask, cfg.value_clip, aggregate.n_sequences
+        )
+        loss = loss + cfg.vf_coef * vf_loss
+        figures |= {"value_loss": vf_loss.detach(), **vf_stats}
+    if cfg.kl_mode == "loss" and exp.ref_logp is not None:
+        kl_term = ppo.kl_loss(logp, exp.ref_logp[rows], mask, aggregate)
+        loss = loss + cfg.kl_coef * kl_term
+        figures["kl_loss"] = kl_term.detach()
+    return loss, figures
 
 
 def _local_minibatch(global_mb: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, float, int | None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from reftkit.models import load_trainable_lm, trainable_parameters
 from reftkit.rollout import encode_prompts
 from reftkit.sampling import Sample, by_question
 from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients
-from reftkit.trainers.sft import batch_sft_loss, save_model, tokenize_examples
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts
+from reftkit.trainers.sft import save_model, sft_loss_parts, tokenize_examples
 from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
 
 
@@ -97,15 +98,17 @@ def train_online_st(
         questions = list(dict.fromkeys(rollout.questions.tolist()))
         losses = []
         with_gold = config.self_training.online_gold
+        parts = cfg.grad_accum_steps
         for _ in range(cfg.ppo_epochs if with_gold or correct else 0):  # nothing to learn from: no update
             if with_gold:
-                loss = 0.5 * batch_sft_loss(model, [gold[q] for q in questions], pad, accelerator)
+                terms = sft_loss_parts(model, [gold[q] for q in questions], pad, accelerator, parts, weight=0.5)
                 if correct:
-                    loss = loss + 0.5 * batch_sft_loss(model, correct, pad, accelerator)
+                    terms = chain(terms, sft_loss_parts(model, correct, pad, accelerator, parts, weight=0.5))
             else:
-                loss = batch_sft_loss(model, correct, pad, accelerator)
-            apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, guard=guard)
-            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+                terms = sft_loss_parts(model, correct, pad, accelerator, parts)
+            loss = backward_parts(accelerator, terms)
+            apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, guard=guard, backward=False)
+            losses.append(accelerator.reduce(loss, reduction="mean").item())
         return {"kept": len(correct), "loss": sum(losses) / len(losses) if losses else None}
 
     trainer = StepwiseTrainer(

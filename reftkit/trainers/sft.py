@@ -24,7 +24,14 @@ from reftkit.models import position_ids_from_mask, prepare_for_training, save_lm
 from reftkit.rollout import encode_prompts
 from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, write_atomically
+from reftkit.trainers.common import (
+    MetricsLog,
+    NonFiniteGuard,
+    apply_gradients,
+    backward_parts,
+    split_rows,
+    write_atomically,
+)
 
 IGNORE = -100
 
@@ -101,24 +108,40 @@ def sft_loss(
 def batch_sft_loss(
     model: torch.nn.Module, examples: list[tuple[list[int], int]], pad_id: int, accelerator: Accelerator
 ) -> torch.Tensor:
-    """Token-mean cross-entropy of a global batch of (ids, prompt length) examples.
+    """Token-mean cross-entropy of a global batch of (ids, prompt length) examples, in one part (see
+    ``sft_loss_parts``), for callers that want the loss itself rather than its accumulated gradient."""
+    return next(iter(sft_loss_parts(model, examples, pad_id, accelerator)))
 
-    Under several processes each computes its share of the rows: the sum of its tokens' losses over the
-    batch's token count, times the number of processes, so that DDP's gradient average is the gradient of
-    the one-process loss. The value returned is then this process's part; ``accelerator.reduce(...,
-    "mean")`` gives the batch's loss.
+
+def sft_loss_parts(
+    model: torch.nn.Module,
+    examples: list[tuple[list[int], int]],
+    pad_id: int,
+    accelerator: Accelerator,
+    parts: int = 1,
+    weight: float = 1.0,
+) -> Iterator[torch.Tensor]:
+    """``weight`` x the token-mean cross-entropy of a global batch of (ids, prompt length) examples, made in
+    ``parts`` shares one after another (gradient accumulation: back-propagate each before the next is made).
+
+    Each share is the sum of its tokens' losses over the batch's token count, so the shares add up to the batch's
+    loss. Under several processes each computes its own rows' shares, times the number of processes, so that
+    DDP's gradient average is the gradient of the one-process loss; ``accelerator.reduce(..., "mean")`` of the
+    summed shares gives the batch's loss. One part in one process is the plain token mean.
     """
     size = world()[1]
-    if size == 1:
+    if size == 1 and parts == 1:
         ids, mask, labels = (t.to(accelerator.device) for t in collate(examples, pad_id))
         with accelerator.autocast():
-            return sft_loss(model, ids, mask, labels)
+            yield weight * sft_loss(model, ids, mask, labels)
+        return
     mine = [examples[i] for i in owned(len(examples))]
     targets = sum(len(seq) - max(n_prompt, 1) for seq, n_prompt in examples)  # labels shift by one
-    ids, mask, labels = (t.to(accelerator.device) for t in collate(mine or examples[:1], pad_id))
-    with accelerator.autocast():
-        total = sft_loss(model, ids, mask, labels, reduction="sum")
-    return total * (size / targets if mine else 0.0)
+    for chunk in split_rows(mine, parts) if mine else [examples[:1]]:
+        ids, mask, labels = (t.to(accelerator.device) for t in collate(chunk, pad_id))
+        with accelerator.autocast():
+            total = sft_loss(model, ids, mask, labels, reduction="sum")
+        yield total * (weight * size / targets if mine else 0.0)
 
 
 def train_sft(
@@ -202,9 +225,13 @@ def train_sft(
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
     model.train()
     for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
-        loss = batch_sft_loss(model, [examples[j] for j in batch], tokenizer.pad_token_id, accelerator)
+        parts = sft_loss_parts(model, [examples[j] for j in batch], tokenizer.pad_token_id, accelerator,
+                               cfg.grad_accum_steps)  # fmt: skip
+        loss = backward_parts(accelerator, parts)
         step = guard.step = step + 1
-        grad_norm = apply_gradients(accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard)
+        grad_norm = apply_gradients(
+            accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard, backward=False
+        )
         batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         epoch_loss += batch_loss
         bar.update(1)
