@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +23,7 @@ from reftkit.launch import cpu_relaunch
 from reftkit.tasks import check_task, task_info
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class Parser(argparse.ArgumentParser):
@@ -264,7 +266,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reftkit: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how to go on, not the traceback of wherever it landed
+        if getattr(args, "debug", False):
+            raise
+        _close_progress_bars()
+        print(f"reftkit: interrupted; {_how_to_continue(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars the interrupt left open, so that the message starts its own line and stays last
+    (an open bar would otherwise be redrawn after it when it is garbage-collected)."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    """The command that continues an interrupted run (its newest complete checkpoint is kept), or what to do
+    when there is nothing to continue."""
+    out = getattr(args, "out", None)
+    if args.command not in ("run", "sft", "reft", "online-st") or out is None:
+        return "nothing was written; run the command again"
+    if not (out / "config.yaml").is_file():
+        return f"{out} holds no run yet; run the command again"
+    model = ["--model", args.model] if getattr(args, "model", None) else []
+    command = shlex.join(["reftkit", args.command, *model, "--out", str(out), "--resume"])
+    return f"continue from its newest checkpoint with: {command}"
 
 
 def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
