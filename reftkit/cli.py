@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +23,7 @@ from reftkit.launch import cpu_relaunch
 from reftkit.tasks import check_task, task_info
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class Parser(argparse.ArgumentParser):
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--split", choices=("train", "val", "test"), default="test")
     sample.add_argument("--n", type=int, metavar="N", help="samples per question (sample.n)")
     sample.add_argument("--out", required=True, type=Path, help="samples file to write (a .meta.json goes beside it)")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing samples file")
     _config_args(sample)
 
     ev = sub.add_parser(
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", type=Path, metavar="FILE", help="write every completion and its grade as JSONL")
     ev.add_argument("--rm", metavar="DIR", help="with --samples: reward model (reftkit rm) for rerank@k")
     ev.add_argument("--plot", type=Path, metavar="PNG", help="with --samples: where the curves go")
+    ev.add_argument("--overwrite", action="store_true", help="replace existing --predictions / --plot files")
     _config_args(ev)
 
     rm = sub.add_parser("rm", help="train an outcome reward model on a samples file of training questions")
@@ -262,7 +266,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reftkit: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how to go on, not the traceback of wherever it landed
+        if getattr(args, "debug", False):
+            raise
+        _close_progress_bars()
+        print(f"reftkit: interrupted; {_how_to_continue(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars the interrupt left open, so that the message starts its own line and stays last
+    (an open bar would otherwise be redrawn after it when it is garbage-collected)."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _how_to_continue(args: argparse.Namespace) -> str:
+    """The command that continues an interrupted run (its newest complete checkpoint is kept), or what to do
+    when there is nothing to continue."""
+    out = getattr(args, "out", None)
+    if args.command not in ("run", "sft", "reft", "online-st") or out is None:
+        return "nothing was written; run the command again"
+    if not (out / "config.yaml").is_file():
+        return f"{out} holds no run yet; run the command again"
+    model = ["--model", args.model] if getattr(args, "model", None) else []
+    command = shlex.join(["reftkit", args.command, *model, "--out", str(out), "--resume"])
+    return f"continue from its newest checkpoint with: {command}"
 
 
 def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
@@ -277,6 +308,13 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
     if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
+    if command == "sample":
+        meta = args.out.with_name(args.out.name.removesuffix(".jsonl") + ".meta.json")  # sampling.meta_path
+        check_out_file("--out", args.out, args.overwrite, also=meta)
+    if command == "eval":
+        for flag in ("predictions", "plot"):
+            if getattr(args, flag) is not None:
+                check_out_file(f"--{flag}", getattr(args, flag), args.overwrite)
     reads_task = (
         command in ("run", "sft", "reft", "online-st", "sample", "rm")
         or (command == "eval" and bool(args.model or args.rm))  # a samples file alone needs no task data
@@ -293,6 +331,18 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
         for field, path in model_dirs.items():
             if path:
                 check_model_dir(path, field)
+
+
+def check_out_file(flag: str, path: Path, overwrite: bool, also: Path | None = None) -> None:
+    """An output file is never replaced unasked (``--overwrite``), and is not a folder; ``also`` is a file written
+    beside it (a samples file's .meta.json)."""
+    if path.is_dir():
+        raise ConfigError(f"{flag}: {path} is a folder; give a file path")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{flag}: {path.parent} is a file, so {path.name} cannot be written inside it")
+    existing = next((p for p in (path, also) if p is not None and p.exists()), None)
+    if existing is not None and not overwrite:
+        raise ConfigError(f"{flag}: {existing} exists; pass --overwrite to replace it, or give another path")
 
 
 def _data_command(args: argparse.Namespace, config: RunConfig) -> int:

@@ -103,7 +103,7 @@ def show_examples(cfg: TaskConfig, split: str, n: int) -> str:
 
 def validate_file(path: str, cfg: TaskConfig, require_cot: bool) -> tuple[str, list[str]]:
     """A user's file checked record by record: (summary, one ``file:line: field: problem`` line per problem)."""
-    from reftkit.tasks import user_fields
+    from reftkit.tasks import missing_fields, user_fields
 
     if not Path(path).exists():
         return "", [f"{path}: no such file"]
@@ -111,10 +111,11 @@ def validate_file(path: str, cfg: TaskConfig, require_cot: bool) -> tuple[str, l
         located, problems = read_located(path)
     except DataError as err:
         return "", err.problems
-    found, more = problems_from(
-        located, user_fields(cfg), cot=cfg.cot, answer_type=cfg.answer_type, require_cot=require_cot
-    )
-    problems = sorted(problems + more, key=_line_order)
+    if not located and not problems:
+        return "", [f"{path}: holds no records (it is empty); give one JSON object per line"]
+    fields = user_fields(cfg)
+    found, more = problems_from(located, fields, cot=cfg.cot, answer_type=cfg.answer_type, require_cot=require_cot)
+    problems = missing_fields(located, fields, path) + sorted(problems + more, key=_line_order)
     with_cot = sum(p.cot is not None for p in found)
     summary = f"{path}: {len(found):,} valid problems ({with_cot:,} with a {cfg.cot} chain of thought)"
     return summary, problems

@@ -6,16 +6,19 @@ the value head is a file beside the weights, so the policy stays a standard mode
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import types
 import warnings
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
@@ -78,17 +81,94 @@ def build_tiny(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path, 
 
 
 def check_model_dir(path: str | Path, field: str) -> None:
-    """Fail in one line naming ``field`` before any work if ``path`` is no HF model directory or its tokenizer
-    cannot be used (:func:`load_tokenizer`); the weights are not read, so this costs well under a second."""
-    if not Path(path, "config.json").is_file():
+    """Fail in one line naming ``field`` before any work if ``path`` is no HF model directory, one of its JSON
+    files does not parse, a weights file is truncated or corrupt (headers and sizes only), its tokenizer cannot
+    be used (:func:`load_tokenizer`) or it has no weights; the weights are not read, so this costs well under a
+    second."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
         raise ConfigError(
             f"{field}: {path} is not a Hugging Face model directory (no config.json); give a folder written by "
             "save_pretrained, or bring a GGUF file in with `reftkit model import`"
         )
+    problem = _model_file_problem(folder)
+    if problem:
+        raise ConfigError(f"{field}: {problem}")
     try:
         load_tokenizer(path)
     except ConfigError as err:
         raise ConfigError(f"{field}: {err}") from err
+    if not any(_is_weights(f) for f in folder.iterdir()):
+        raise ConfigError(
+            f"{field}: {path} holds no model weights (no model.safetensors or pytorch_model.bin); save the model "
+            "there with save_pretrained"
+        )
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".h5", ".msgpack")
+
+
+def _is_weights(file: Path) -> bool:
+    return file.is_file() and file.name != VALUE_HEAD_FILE and file.name.endswith(_WEIGHT_SUFFIXES)
+
+
+def _model_file_problem(folder: Path) -> str | None:
+    """The first thing that would make loading a model directory fail part-way: a JSON file that does not parse,
+    a safetensors file whose size does not match its header, a shard an index lists but the folder lacks, a cut-off
+    zip archive; None when there is none."""
+    for file in sorted(folder.glob("*.json")):
+        try:
+            parsed = json.loads(file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            where = f"line {err.lineno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            return f"{file}: not valid JSON ({where}); the file is corrupt or cut off, save the model again"
+        if file.name == "config.json" and not isinstance(parsed, dict):
+            return f"{file}: expected a JSON object of model settings, got {type(parsed).__name__}"
+        if file.name.endswith(".index.json"):
+            shards = parsed.get("weight_map", {}) if isinstance(parsed, dict) else {}
+            for shard in sorted(set(shards.values()) if isinstance(shards, dict) else ()):
+                if not (folder / str(shard)).is_file():
+                    return f"{file}: lists the weights file {shard}, which is missing; copy the whole model folder"
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob(f"{VALUE_MODEL_DIR}/*.safetensors"))
+    for file in weights:
+        problem = safetensors_problem(file)
+        if problem:
+            return f"{file}: {problem}; copy or save the model again"
+    for file in sorted(folder.glob("*.bin")):
+        with file.open("rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's zip format; older pickles are not checked
+        if zipped and not zipfile.is_zipfile(file):
+            return f"{file}: truncated or corrupt (not a complete zip archive); copy or save the model again"
+    return None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be loaded (truncated, corrupt header), from its header and size alone;
+    None when it is whole."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes, shorter than a safetensors header)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"truncated or corrupt (its header says {n:,} header bytes but the file has {size:,} bytes)"
+        try:
+            header = json.loads(f.read(n))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "corrupt (its header is not a valid safetensors header)"
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"truncated ({size:,} of {expected:,} bytes)"
+    if size > expected:
+        return f"corrupt ({size - expected:,} bytes more than its header describes)"
+    try:
+        with safe_open(file, framework="pt"):  # offsets, dtypes and shapes agree
+            pass
+    except SafetensorError as err:
+        return f"corrupt ({' '.join(str(err).split())})"
+    return None
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

@@ -10,13 +10,22 @@ from __future__ import annotations
 import difflib
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from reftkit.config import ConfigError, TaskConfig
 from reftkit.tasks.base import Loaded, Problem, TaskData
-from reftkit.tasks.records import DataError, Fields, carve_validation, problems_from, read_located
+from reftkit.tasks.records import (
+    DataError,
+    Fields,
+    Located,
+    carve_validation,
+    is_saved_dataset,
+    not_a_dataset,
+    problems_from,
+    read_located,
+)
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,8 @@ def _check_user_files(cfg: TaskConfig) -> None:
         path = getattr(cfg, key)
         if path and not Path(path).exists():
             raise ConfigError(f"task.{key}: {path}: no such file or folder")
+        if path and Path(path).is_dir() and not is_saved_dataset(Path(path)):
+            raise ConfigError(f"task.{key}: {not_a_dataset(Path(path))}")
 
 
 def data_dir(cfg: TaskConfig) -> Path:
@@ -175,13 +186,33 @@ def user_fields(cfg: TaskConfig) -> Fields:
 
 def read_user_file(path: str, cfg: TaskConfig, id_prefix: str) -> list[Problem]:
     """A user's file through the field mapping; every bad record is reported (file, line, field)."""
-    located, issues = read_located(path)
-    problems, more = problems_from(
-        located, user_fields(cfg), cot=cfg.cot, answer_type=cfg.answer_type, id_prefix=id_prefix
-    )
+    key = f"task.{id_prefix}file"
+    try:
+        located, issues = read_located(path)
+    except DataError as err:
+        raise DataError([f"{key}: {line}" for line in err.problems]) from None
+    if not located and not issues:
+        raise ConfigError(f"{key}: {path} holds no records (it is empty); give one JSON object per line")
+    fields = user_fields(cfg)
+    problems, more = problems_from(located, fields, cot=cfg.cot, answer_type=cfg.answer_type, id_prefix=id_prefix)
     if issues or more:
-        raise DataError(issues + more)
+        raise DataError(missing_fields(located, fields, path) + issues + more)
     return problems
+
+
+def missing_fields(located: list[Located], fields: Fields, path: str | Path) -> list[str]:
+    """One line with the fix when no record has the question or the answer field (a file with other column
+    names, e.g. ``problem`` / ``solution``), else nothing."""
+    records = [item.record for item in located if isinstance(item.record, Mapping)]
+    wanted = {"question": fields.question, "answer": fields.answer}
+    absent = {key: name for key, name in wanted.items() if records and all(name not in r for r in records)}
+    if not absent:
+        return []
+    has = ", ".join(map(str, list(records[0])[:8])) or "none"
+    names = " and ".join(repr(name) for name in absent.values())
+    keys = " and ".join(f"task.{key}_field" for key in absent)
+    verb = "is" if len(absent) == 1 else "are"
+    return [f"{path}: {names} {verb} in no record (the first has: {has}); set {keys} to your file's field names"]
 
 
 def require_training_data(data: TaskData, what: str) -> None:

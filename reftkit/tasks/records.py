@@ -61,7 +61,7 @@ def read_located(path: str | Path) -> tuple[list[Located], list[str]]:
         return _read_hf_dataset(path), []
     if not path.is_file():
         raise DataError([f"{path}: no such file"])
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -79,14 +79,51 @@ def read_located(path: str | Path) -> tuple[list[Located], list[str]]:
     return located, problems
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's contents; bytes that are not UTF-8 raise a DataError naming each such line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    problems = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            problems.append(
+                f"{path}:{number}: not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); "
+                "save the file as UTF-8"
+            )
+    raise DataError(problems)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether a folder looks like ``datasets``' ``save_to_disk`` output (one dataset or a DatasetDict)."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def not_a_dataset(path: Path) -> str:
+    return (
+        f"{path} is a folder but not a dataset saved with datasets' save_to_disk (no state.json or "
+        "dataset_dict.json); give a JSONL or JSON file, or such a folder"
+    )
+
+
 def _read_hf_dataset(path: Path) -> list[Located]:
+    if not is_saved_dataset(path):
+        raise DataError([not_a_dataset(path)])
     try:
         from datasets import load_from_disk
     except ImportError:
         raise DataError(
             [f"{path}: is a directory; reading a saved Hugging Face dataset needs `pip install datasets`"]
         ) from None
-    dataset = load_from_disk(str(path))
+    try:
+        dataset = load_from_disk(str(path))
+    except (OSError, ValueError) as err:  # a damaged folder: missing arrow files, bad JSON
+        reason = " ".join(str(err).split())
+        raise DataError([f"{path}: could not be read as a saved dataset ({type(err).__name__}: {reason})"]) from None
     if hasattr(dataset, "keys"):  # a DatasetDict: the caller must name one split's directory
         raise DataError([f"{path}: holds splits {sorted(dataset.keys())}; point at one split's directory"])
     return [Located(f"{path}: row {i}", row) for i, row in enumerate(dataset)]

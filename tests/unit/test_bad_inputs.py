@@ -1,14 +1,19 @@
 """Bad input fails before any work starts: exit code 2, one stderr line naming the field and the fix, no
 traceback, and nothing written where the command would have written (the whole tmp folder is compared)."""
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from reftkit.cli import main
+from reftkit.cli import check_out_file, main
 from reftkit.config import ConfigError, dump_yaml, load_config
+from reftkit.data_commands import validate_file
+from reftkit.models import VALUE_HEAD_FILE, check_model_dir
 
 RUN = ["run", "--out", "{tmp}/run", "--preset", "micro"]
 SFT = ["sft", "--out", "{tmp}/run", "--preset", "micro"]
@@ -57,6 +62,24 @@ ROWS = [
     ([*SFT, "task.name=jsonl"], "task.train_file: the jsonl task needs task.train_file and/or task.test_file"),
     ([*SFT, "task.name=jsonl", "task.train_file={tmp}/none.jsonl"], "task.train_file: {tmp}/none.jsonl: no such"),
     (["data", "show", "gsm8k", "--preset", "micro"], "task.data_dir: task 'gsm8k' reads files"),
+    (
+        [*SFT, "task.name=jsonl", "task.train_file={tmp}/latin1.jsonl"],
+        "task.train_file: {tmp}/latin1.jsonl:2: not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8",
+    ),
+    (
+        [*SFT, "task.name=jsonl", "task.train_file={tmp}/plain"],
+        "task.train_file: {tmp}/plain is a folder but not a dataset saved with datasets' save_to_disk",
+    ),
+    ([*SFT, "task.name=jsonl", "task.train_file={tmp}/empty.jsonl"], "task.train_file: {tmp}/empty.jsonl holds no"),
+    (
+        [*SFT, "task.name=jsonl", "task.train_file={tmp}/renamed.jsonl"],
+        "{tmp}/renamed.jsonl: 'question' and 'answer' are in no record (the first has: problem, solution); "
+        "set task.question_field and task.answer_field to your file's field names",
+    ),
+    (
+        [*SFT, "task.name=jsonl", "task.train_file={tmp}/renamed.jsonl", "task.question_field=problem"],
+        "{tmp}/renamed.jsonl: 'answer' is in no record (the first has: problem, solution); set task.answer_field",
+    ),
     # model directories
     ([*SFT, "--model", "{tmp}/plain"], "--model: {tmp}/plain is not a Hugging Face model directory"),
     ([*RUN, "model.path={tmp}/plain"], "model.path: {tmp}/plain is not a Hugging Face model directory"),
@@ -66,12 +89,30 @@ ROWS = [
         ["sample", "--model", "{tmp}/no_tokenizer", "--n", "2", "--out", "{tmp}/s.jsonl", "--preset", "micro"],
         "--model: {tmp}/no_tokenizer: no tokenizer could be loaded",
     ),
+    (["eval", "--model", "{tmp}/truncated"], "--model: {tmp}/truncated/model.safetensors: truncated (88 of 112 bytes)"),
+    (["reft", "--model", "{tmp}/truncated", "--out", "{tmp}/run"], "--model: {tmp}/truncated/model.safetensors: trunc"),
+    ([*SFT, "--model", "{tmp}/truncated"], "--model: {tmp}/truncated/model.safetensors: truncated (88 of 112 bytes)"),
+    ([*RUN, "model.path={tmp}/garbled"], "model.path: {tmp}/garbled/model.safetensors: corrupt (its header is not"),
+    (["eval", "--model", "{tmp}/bad_config"], "--model: {tmp}/bad_config/config.json: not valid JSON (line 2"),
+    (["eval", "--model", "{tmp}/sharded"], "--model: {tmp}/sharded/model.safetensors.index.json: lists the weights"),
+    ([*SFT, "--model", "{tmp}/no_weights"], "--model: {tmp}/no_weights holds no model weights"),
     (["eval", "--samples", "{tmp}/s.jsonl", "--preset", "micro"], "--samples: no such file {tmp}/s.jsonl"),
     (
         ["eval", "--samples", "{tmp}/plain/README.txt", "--rm", "{tmp}/plain", "--preset", "micro"],
         "--rm: {tmp}/plain is not a Hugging Face model directory",
     ),
     (["eval", "--model", "{tmp}/plain", "--plot", "{tmp}/p.png"], "--rm and --plot go with --samples"),
+    # output files
+    (
+        ["sample", "--model", "{tmp}/plain", "--n", "2", "--out", "{tmp}/old.jsonl"],
+        "--out: {tmp}/old.jsonl exists; pass --overwrite to replace it, or give another path",
+    ),
+    (["sample", "--model", "{tmp}/plain", "--n", "2", "--out", "{tmp}/plain"], "--out: {tmp}/plain is a folder"),
+    (
+        ["eval", "--model", "{tmp}/plain", "--predictions", "{tmp}/old.jsonl"],
+        "--predictions: {tmp}/old.jsonl exists; pass --overwrite to replace it",
+    ),
+    (["eval", "--samples", "{tmp}/old.jsonl", "--plot", "{tmp}/old.png"], "--plot: {tmp}/old.png exists; pass --over"),
     # run folders
     (
         ["run", "--out", "{tmp}/full", "--preset", "micro"],
@@ -115,6 +156,28 @@ def _inputs(tmp: Path) -> None:
     config.save_pretrained(tmp / "no_eos")
     vocab = models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]")
     PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocab)).save_pretrained(tmp / "no_eos")  # no pad, no EOS
+    # data files: not UTF-8 (Latin-1 'é'), empty, other field names; output files that exist already
+    (tmp / "latin1.jsonl").write_bytes(b'{"question": "a", "answer": 1}\n{"question": "caf\xe9", "answer": 2}\n')
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "renamed.jsonl").write_text('{"problem": "a", "solution": 1}\n{"problem": "b", "solution": 2}\n')
+    (tmp / "old.jsonl").write_text("kept\n")
+    (tmp / "old.png").write_text("kept\n")
+    # model directories with broken files: weights cut off, a garbled header, bad config.json, a missing shard
+    for name in ("truncated", "garbled", "bad_config", "sharded", "no_weights"):
+        config.save_pretrained(tmp / name)
+        save_file({"w": torch.zeros(12)}, tmp / name / "model.safetensors")  # 112 bytes
+    with open(tmp / "truncated" / "model.safetensors", "r+b") as f:
+        f.truncate(88)
+    with open(tmp / "garbled" / "model.safetensors", "r+b") as f:
+        f.seek(8)
+        f.write(b"garbage")
+    (tmp / "bad_config" / "config.json").write_text('{"model_type": "llama",\n')
+    (tmp / "sharded" / "model.safetensors").rename(tmp / "sharded" / "model-00001-of-00002.safetensors")
+    shards = {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}
+    (tmp / "sharded" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    (tmp / "no_weights" / "model.safetensors").unlink()
+    eos = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocab), eos_token="b")
+    eos.save_pretrained(tmp / "no_weights")
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
@@ -158,3 +221,36 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_table_is_large_enough():
     assert len(ROWS) >= 24
+
+
+def test_whole_model_directories_pass_the_file_checks(tmp_path):
+    """The header checks must not reject what save_pretrained writes: one file, shards with an index, a value
+    head beside the weights."""
+    config = LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=3)
+    vocab = models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocab), eos_token="b")
+    model = LlamaForCausalLM(config)
+    for name, shard in (("whole", "5GB"), ("sharded", "1KB")):
+        model.save_pretrained(tmp_path / name, max_shard_size=shard)
+        tokenizer.save_pretrained(tmp_path / name)
+        check_model_dir(tmp_path / name, "--model")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    save_file({"weight": torch.zeros(1, 8)}, tmp_path / "whole" / VALUE_HEAD_FILE)
+    check_model_dir(tmp_path / "whole", "--model")
+
+
+def test_overwrite_lets_an_existing_output_file_be_replaced(tmp_path):
+    old = tmp_path / "old.jsonl"
+    old.write_text("kept\n")
+    check_out_file("--out", old, overwrite=True)
+    check_out_file("--out", tmp_path / "new.jsonl", overwrite=False)
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        check_out_file("--out", tmp_path / "new.jsonl", overwrite=False, also=old)
+
+
+def test_data_validate_names_every_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "caf\xe9", "answer": 1}\n{"question": "b", "answer": 2}\n{"question": "\xff"}\n')
+    _, problems = validate_file(str(path), load_config("micro").task, require_cot=False)
+    assert [p.split(": ")[0] for p in problems] == [f"{path}:1", f"{path}:3"]
+    assert all("not valid UTF-8" in p for p in problems)
