@@ -266,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reftkit: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: one line saying how to go on, not the traceback of wherever it landed
+    except KeyboardInterrupt as err:  # Ctrl-C: one line saying how to go on, not the traceback of wherever it landed
         if getattr(args, "debug", False):
             raise
         _close_progress_bars()
-        print(f"reftkit: interrupted; {_how_to_continue(args)}", file=sys.stderr)
+        kept = getattr(err, "old_run_kept", False)
+        print(f"reftkit: interrupted; {_how_to_continue(args, kept)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
@@ -283,12 +284,14 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def _how_to_continue(args: argparse.Namespace) -> str:
+def _how_to_continue(args: argparse.Namespace, old_run_kept: bool = False) -> str:
     """The command that continues an interrupted run (its newest complete checkpoint is kept), or what to do
-    when there is nothing to continue."""
+    when there is nothing to continue (``old_run_kept``: an ``--overwrite`` stopped before its run started)."""
     out = getattr(args, "out", None)
     if args.command not in ("run", "sft", "reft", "online-st") or out is None:
         return "nothing was written; run the command again"
+    if old_run_kept:
+        return f"the new run had not started, so {out} still holds the old run, untouched; run the command again"
     if not (out / "config.yaml").is_file():
         return f"{out} holds no run yet; run the command again"
     model = ["--model", args.model] if getattr(args, "model", None) else []
@@ -308,6 +311,12 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
     if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
+    run_folder = command in ("run", "sft", "reft", "online-st")
+    replaced = args.out if run_folder and args.overwrite and args.out.is_dir() else None  # the run it replaces
+    if replaced is not None and _inside(Path.cwd(), replaced):
+        raise ConfigError(
+            f"--out: {args.out} holds the current directory, which --overwrite would delete; run from elsewhere"
+        )
     if command == "sample":
         meta = args.out.with_name(args.out.name.removesuffix(".jsonl") + ".meta.json")  # sampling.meta_path
         check_out_file("--out", args.out, args.overwrite, also=meta)
@@ -329,8 +338,17 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
         from reftkit.models import check_model_dir  # transformers: only for commands that load a model anyway
 
         for field, path in model_dirs.items():
+            if path and replaced is not None and _inside(Path(path), replaced):
+                raise ConfigError(
+                    f"{field}: {path} is inside --out {args.out}, which --overwrite replaces; copy the model out "
+                    "of it first, or give another --out"
+                )
             if path:
                 check_model_dir(path, field)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def check_out_file(flag: str, path: Path, overwrite: bool, also: Path | None = None) -> None:
