@@ -60,6 +60,28 @@ def _out_args(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _gives_cot(args: argparse.Namespace) -> bool:
+    """Whether the command line or its --config file sets ``task.cot`` (not just the preset)."""
+    if any(item.startswith("task.cot=") for item in args.overrides):
+        return True
+    if args.config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}  # already read once by load_config
+        return isinstance(loaded.get("task"), dict) and "cot" in loaded["task"]
+    return False
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     """``key=value`` overrides, with the shortcut flags (``--data-dir``, ``--limit``, a task name) folded in."""
     extra = []
@@ -142,10 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = data.add_parser("show", help="a few formatted examples (prompt + target)")
     show.add_argument("task", help="task name (reftkit data list)")
     show.add_argument("--split", choices=("train", "val", "test"), default="train")
-    show.add_argument("-n", type=int, default=3, help="how many examples")
+    show.add_argument("-n", type=_at_least_one, default=3, help="how many examples (at least 1)")
     _config_args(show)
-    check = data.add_parser("validate", help="check a JSONL/JSON file of your own; exit 2 listing every problem")
-    check.add_argument("file", help="the file to check (fields: task.question_field, task.answer_field, ...)")
+    check = data.add_parser(
+        "validate",
+        help="check a data file (yours, or a built-in task's with task.name=...) as task.cot reads it (not given: "
+        "the style its chains have); exit 2 listing every problem, then a count of each kind",
+    )
+    check.add_argument(
+        "file",
+        help="the file to check: your records (fields: task.question_field, task.answer_field, ...), or with "
+        "task.name=gsm8k|svamp|mathqa_* a file in that task's own format",
+    )
     check.add_argument("--sft", action="store_true", help="every record must carry a chain of thought")
     _config_args(check)
 
@@ -374,14 +404,16 @@ def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
         print(data_commands.task_stats(task, cots, args.tokenizer))
     elif args.data_command == "show":
         print(data_commands.show_examples(task, args.split, args.n))
-    else:
-        summary, problems = data_commands.validate_file(args.file, task, args.sft)
+    else:  # every problem on stderr, in file order; then the summary (by kind, if any) on stdout
+        summary, problems = data_commands.validate_file(args.file, task, args.sft, detect_cot=not _gives_cot(args))
         for line in problems:
             print(line, file=sys.stderr)
+        if summary:
+            sys.stderr.flush()
+            print(summary, flush=True)
         if problems:
             print(f"reftkit: error: {len(problems)} problem(s) in {args.file}; nothing was written", file=sys.stderr)
             return EXIT_USAGE
-        print(summary)
     return 0
 
 
