@@ -60,6 +60,28 @@ def _out_args(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _gives_cot(args: argparse.Namespace) -> bool:
+    """Whether the command line or its --config file sets ``task.cot`` (not just the preset)."""
+    if any(item.startswith("task.cot=") for item in args.overrides):
+        return True
+    if args.config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}  # already read once by load_config
+        return isinstance(loaded.get("task"), dict) and "cot" in loaded["task"]
+    return False
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     """``key=value`` overrides, with the shortcut flags (``--data-dir``, ``--limit``, a task name) folded in."""
     extra = []
@@ -142,10 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = data.add_parser("show", help="a few formatted examples (prompt + target)")
     show.add_argument("task", help="task name (reftkit data list)")
     show.add_argument("--split", choices=("train", "val", "test"), default="train")
-    show.add_argument("-n", type=int, default=3, help="how many examples")
+    show.add_argument("-n", type=_at_least_one, default=3, help="how many examples (at least 1)")
     _config_args(show)
-    check = data.add_parser("validate", help="check a JSONL/JSON file of your own; exit 2 listing every problem")
-    check.add_argument("file", help="the file to check (fields: task.question_field, task.answer_field, ...)")
+    check = data.add_parser(
+        "validate",
+        help="check a data file (yours, or a built-in task's with task.name=...) as task.cot reads it (not given: "
+        "the style its chains have); exit 2 listing every problem, then a count of each kind",
+    )
+    check.add_argument(
+        "file",
+        help="the file to check: your records (fields: task.question_field, task.answer_field, ...), or with "
+        "task.name=gsm8k|svamp|mathqa_* a file in that task's own format",
+    )
     check.add_argument("--sft", action="store_true", help="every record must carry a chain of thought")
     _config_args(check)
 
@@ -266,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reftkit: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: one line saying how to go on, not the traceback of wherever it landed
+    except KeyboardInterrupt as err:  # Ctrl-C: one line saying how to go on, not the traceback of wherever it landed
         if getattr(args, "debug", False):
             raise
         _close_progress_bars()
-        print(f"reftkit: interrupted; {_how_to_continue(args)}", file=sys.stderr)
+        kept = getattr(err, "old_run_kept", False)
+        print(f"reftkit: interrupted; {_how_to_continue(args, kept)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
@@ -283,12 +314,14 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def _how_to_continue(args: argparse.Namespace) -> str:
+def _how_to_continue(args: argparse.Namespace, old_run_kept: bool = False) -> str:
     """The command that continues an interrupted run (its newest complete checkpoint is kept), or what to do
-    when there is nothing to continue."""
+    when there is nothing to continue (``old_run_kept``: an ``--overwrite`` stopped before its run started)."""
     out = getattr(args, "out", None)
     if args.command not in ("run", "sft", "reft", "online-st") or out is None:
         return "nothing was written; run the command again"
+    if old_run_kept:
+        return f"the new run had not started, so {out} still holds the old run, untouched; run the command again"
     if not (out / "config.yaml").is_file():
         return f"{out} holds no run yet; run the command again"
     model = ["--model", args.model] if getattr(args, "model", None) else []
@@ -308,6 +341,12 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
     if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
+    run_folder = command in ("run", "sft", "reft", "online-st")
+    replaced = args.out if run_folder and args.overwrite and args.out.is_dir() else None  # the run it replaces
+    if replaced is not None and _inside(Path.cwd(), replaced):
+        raise ConfigError(
+            f"--out: {args.out} holds the current directory, which --overwrite would delete; run from elsewhere"
+        )
     if command == "sample":
         meta = args.out.with_name(args.out.name.removesuffix(".jsonl") + ".meta.json")  # sampling.meta_path
         check_out_file("--out", args.out, args.overwrite, also=meta)
@@ -329,8 +368,17 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
         from reftkit.models import check_model_dir  # transformers: only for commands that load a model anyway
 
         for field, path in model_dirs.items():
+            if path and replaced is not None and _inside(Path(path), replaced):
+                raise ConfigError(
+                    f"{field}: {path} is inside --out {args.out}, which --overwrite replaces; copy the model out "
+                    "of it first, or give another --out"
+                )
             if path:
                 check_model_dir(path, field)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def check_out_file(flag: str, path: Path, overwrite: bool, also: Path | None = None) -> None:
@@ -356,14 +404,16 @@ def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
         print(data_commands.task_stats(task, cots, args.tokenizer))
     elif args.data_command == "show":
         print(data_commands.show_examples(task, args.split, args.n))
-    else:
-        summary, problems = data_commands.validate_file(args.file, task, args.sft)
+    else:  # every problem on stderr, in file order; then the summary (by kind, if any) on stdout
+        summary, problems = data_commands.validate_file(args.file, task, args.sft, detect_cot=not _gives_cot(args))
         for line in problems:
             print(line, file=sys.stderr)
+        if summary:
+            sys.stderr.flush()
+            print(summary, flush=True)
         if problems:
             print(f"reftkit: error: {len(problems)} problem(s) in {args.file}; nothing was written", file=sys.stderr)
             return EXIT_USAGE
-        print(summary)
     return 0
 
 

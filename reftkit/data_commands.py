@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reftkit.answers import grade_batch, outcome_counts
 from reftkit.config import ConfigError, TaskConfig
 from reftkit.tasks import TASKS, load_task, split_task, task_info
-from reftkit.tasks.base import TaskData, prompt_text, target_text
-from reftkit.tasks.records import DataError, problems_from, read_located
+from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
+from reftkit.tasks.records import RELEASE_FIELDS, DataError, Located, problems_from, read_located
 
 
 def list_tasks(cfg: TaskConfig) -> str:
@@ -101,10 +102,14 @@ def show_examples(cfg: TaskConfig, split: str, n: int) -> str:
     return "\n\n".join(blocks) if blocks else f"{data.name} has no {split} problems"
 
 
-def validate_file(path: str, cfg: TaskConfig, require_cot: bool) -> tuple[str, list[str]]:
-    """A user's file checked record by record: (summary, one ``file:line: field: problem`` line per problem)."""
-    from reftkit.tasks import missing_fields, user_fields
-
+def validate_file(path: str, cfg: TaskConfig, require_cot: bool, detect_cot: bool = False) -> tuple[str, list[str]]:
+    """A file checked record by record, read as ``task.name`` reads its files: ``jsonl`` through the field mapping
+    (``task.*_field``), the built-in tasks in their own formats (GSM8K's ``#### 72`` JSONL, the ReFT release's
+    JSON). Returns (summary, one ``file:line: field: problem`` line per problem, in file order); with problems the
+    summary counts them by kind. ``detect_cot``: ``task.cot`` was not given, so the chains say which style they
+    are (any ``def solution`` program: P-CoT, else N-CoT)."""
+    if task_info(cfg.name).load is TASKS["synthetic"].load:  # the default task reads no file: yours, then
+        cfg = replace(cfg, name="jsonl")
     if not Path(path).exists():
         return "", [f"{path}: no such file"]
     try:
@@ -113,15 +118,130 @@ def validate_file(path: str, cfg: TaskConfig, require_cot: bool) -> tuple[str, l
         return "", err.problems
     if not located and not problems:
         return "", [f"{path}: holds no records (it is empty); give one JSON object per line"]
-    fields = user_fields(cfg)
-    found, more = problems_from(located, fields, cot=cfg.cot, answer_type=cfg.answer_type, require_cot=require_cot)
-    problems = missing_fields(located, fields, path) + sorted(problems + more, key=_line_order)
-    with_cot = sum(p.cot is not None for p in found)
-    summary = f"{path}: {len(found):,} valid problems ({with_cot:,} with a {cfg.cot} chain of thought)"
-    return summary, problems
+    checked = _check_records(path, located, cfg, require_cot, detect_cot)
+    problems = _in_file_order(path, [*checked.file_problems, *problems, *checked.problems])
+    if problems:
+        return problem_summary(path, problems, checked.hints), problems
+    with_cot = sum(p.cot is not None for p in checked.found)
+    chains = checked.chains or f"{with_cot:,} with a {checked.cot} chain of thought"
+    summary = f"{path}: {len(checked.found):,} valid problems ({chains})"
+    return "\n".join([summary, f"format: {checked.format}", *checked.notes]), []
 
 
-def _line_order(problem: str) -> tuple[int, str]:
-    """Report problems in file order: ``file:12: ...`` sorts by its line number."""
-    parts = problem.split(":", 2)
-    return (int(parts[1]), problem) if len(parts) > 2 and parts[1].isdigit() else (0, problem)
+@dataclass
+class _Checked:
+    found: list[Problem]
+    problems: list[str]
+    cot: str
+    format: str
+    file_problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    chains: str | None = None
+    """What the summary says of the chains, where it is not "N with a <cot> chain of thought"."""
+
+
+def _check_records(path: str, located: list[Located], cfg: TaskConfig, require_cot: bool, detect_cot: bool) -> _Checked:
+    """The records as the task's loader reads them."""
+    from reftkit.tasks import missing_fields, user_fields
+
+    json_array = bool(located) and located[0].where.startswith(f"{Path(path)}: item ")  # read_located's naming
+    if cfg.name == "gsm8k" and not json_array:  # OpenAI's JSONL; the release's test_set.json is read below
+        from reftkit.tasks.gsm8k import rationale_problems
+
+        found, problems = rationale_problems(located, "gsm8k_")
+        form = "OpenAI's GSM8K JSONL (question, answer: a rationale ending in '#### <number>')"
+        if cfg.cot == "nl":
+            chains = f"{len(found):,} with a rationale, the nl chain of thought"
+            return _Checked(found, problems, "nl", form, chains=chains)
+        note = (
+            "P-CoT programs are derived from the calculator annotations when the task loads; only those that "
+            "reproduce the gold answer are kept (`reftkit data stats gsm8k --cot python` counts them)"
+        )
+        chains = f"{len(found):,} with a rationale to derive a python program from"
+        return _Checked(found, problems, "python", form, notes=[note], chains=chains)
+    if cfg.name == "jsonl":
+        fields, answer_type = user_fields(cfg), cfg.answer_type
+        file_problems = missing_fields(located, fields, path)
+        form = f"your records, fields {fields.question} / {fields.answer} / {fields.cot} / {fields.id} (task.*_field)"
+    else:
+        fields, answer_type, file_problems = RELEASE_FIELDS, task_info(cfg.name).answer_type, []
+        form = f"the ReFT release JSON ({fields.id}, {fields.question}, {fields.answer}, {fields.cot}) of {cfg.name}"
+    cot = _chain_style(located, fields.cot) if detect_cot else None
+    notes = [f"CoT style {cot} detected from the chains; give task.cot to check them as another"] if cot else []
+    cot = cot or cfg.cot
+    found, problems = problems_from(located, fields, cot=cot, answer_type=answer_type, require_cot=require_cot)
+    if cfg.name == "svamp" and cot == "nl" and found:
+        from reftkit.tasks.release import DISAGREES, strip_stated_answer
+
+        dropped = strip_stated_answer(found)[1][DISAGREES]
+        if dropped:
+            notes.append(f"{dropped:,} chain(s) state an answer that differs from the gold; the task drops them")
+    hints = []
+    if cot == "python" and any("must start with 'def solution():'" in line for line in problems):
+        hints.append("hint: if these chains are N-CoT (reasoning in words), give task.cot=nl")
+    records = [item.record for item in located if isinstance(item.record, Mapping)]
+    if cfg.name == "jsonl" and records and all("####" in str(r.get("answer", "")) for r in records):
+        hints.append("hint: this looks like OpenAI's GSM8K file; give task.name=gsm8k")
+    elif cfg.name == "jsonl" and records and all(RELEASE_FIELDS.answer in r for r in records):
+        hints.append("hint: this looks like a ReFT release file; give task.name=svamp, gsm8k, mathqa_mcq, ...")
+    return _Checked(found, problems, cot, form, file_problems, notes, hints)
+
+
+def _chain_style(located: list[Located], cot_field: str | None) -> str | None:
+    """P-CoT if any record's chain is a ``def solution`` program, N-CoT if there are chains and none is; None
+    without chains."""
+    chains = [
+        item.record.get(cot_field)
+        for item in located
+        if cot_field and isinstance(item.record, Mapping) and isinstance(item.record.get(cot_field), str)
+    ]
+    chains = [c for c in chains if c.strip()]
+    if not chains:
+        return None
+    return "python" if any(c.lstrip().startswith("def solution") for c in chains) else "nl"
+
+
+_WHERE = re.compile(r":(?P<line>\d+): |: (?P<unit>item|row) (?P<index>\d+): ")
+
+
+def _where(path: str, problem: str) -> tuple[int, str | None, str]:
+    """(position in the file, "line 12" / "item 3" / "row 3" or None for the whole file, what is wrong)."""
+    for prefix in dict.fromkeys([path, str(Path(path))]):
+        if problem.startswith(prefix):
+            match = _WHERE.match(problem, len(prefix))
+            if match is None:
+                return -1, None, problem[len(prefix) :].lstrip(": ")
+            if match["line"]:
+                return int(match["line"]), f"line {match['line']}", problem[match.end() :]
+            return int(match["index"]), f"{match['unit']} {match['index']}", problem[match.end() :]
+    return -1, None, problem
+
+
+def _in_file_order(path: str, problems: list[str]) -> list[str]:
+    """File-wide problems first, then by line (or item) number, as numbers (line 2 before line 10); a record's
+    own problems keep their order."""
+    return sorted(problems, key=lambda problem: _where(path, problem)[0])
+
+
+def problem_kind(what: str) -> str:
+    """A problem without the value it is about: ``answer: expected a number, got 'ten'`` -> ``answer: expected a
+    number``; ``cot: program does not parse: ... (program line 3)`` -> ``cot: program does not parse``."""
+    name, sep, message = what.partition(": ")
+    message = re.split(r", got | \(|: |; ", message if sep else name, maxsplit=1)[0]
+    message = re.sub(r"^duplicate id .*", "duplicate id", message)
+    return f"{name}: {message}" if sep else message
+
+
+def problem_summary(path: str, problems: list[str], hints: Sequence[str] = (), first: int = 3) -> str:
+    """How many problems of each kind, each with where its first ``first`` are, kinds in file order."""
+    kinds: dict[str, list[str]] = {}
+    for problem in problems:
+        _, where, what = _where(path, problem)
+        kinds.setdefault(problem_kind(what) if where else what, []).append(where or "the whole file")
+    lines = [f"{path}: {len(problems):,} problem(s) of {len(kinds)} kind(s)"]
+    width = len(f"{max(len(w) for w in kinds.values()):,}")
+    for kind, wheres in kinds.items():
+        more = f", ... ({len(wheres) - first:,} more)" if len(wheres) > first else ""
+        lines.append(f"  {len(wheres):>{width},}  {kind}  [{', '.join(wheres[:first])}{more}]")
+    return "\n".join([*lines, *hints])

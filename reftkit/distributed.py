@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object, parse_flag_from_env
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
 
 T = TypeVar("T")
 
@@ -73,6 +73,13 @@ def reduce_max(value: int) -> int:
     if world()[1] == 1:
         return value
     return max(gather_object([value]))
+
+
+def broadcast(value: T) -> T:
+    """The main process's ``value``, on every process (each passes its own; only the main one's counts)."""
+    if world()[1] == 1:
+        return value
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def barrier() -> None:

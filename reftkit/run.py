@@ -7,13 +7,18 @@ test split is touched once per selected (and last) checkpoint, at the end.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from reftkit.config import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
-from reftkit.distributed import barrier, is_main
+from reftkit.distributed import barrier, broadcast, is_main
 from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
 from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
@@ -47,16 +52,148 @@ from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
 
 
-def prepare_run_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
-    """A fresh run folder, or (``resume``) the existing one left as it is; never overwritten unasked."""
+def prepare_run_dir(out: Path, overwrite: bool, resume: bool = False) -> Path:
+    """The folder a run writes into until it has started (main process only; see :class:`RunFolder`).
+
+    A new ``out`` is created and returned; with ``resume`` the existing one is returned as it is. With
+    ``overwrite`` onto a folder that holds anything, ``out`` is left untouched: an empty hidden sibling
+    ``.<name>.new-<pid>`` is returned, the new run is built there and swapped in by :meth:`RunFolder.started`.
+    Never overwritten unasked; what an earlier, killed ``--overwrite`` left beside ``out`` is cleaned up first.
+    """
+    clean_leftovers(out)
     check_out_dir(out, overwrite, resume)
     if resume:
-        return
+        return out
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        work = _beside(out, "new", os.getpid())
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        return work
     out.mkdir(parents=True, exist_ok=True)
-    # an overwritten run must not resume the old one, nor reuse its base model (built for another task)
-    for folder in (RESUME_DIR, "checkpoints"):
-        shutil.rmtree(out / folder, ignore_errors=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    return out
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>new|old)-(?P<pid>\d+)")
+
+
+def _beside(out: Path, kind: str, pid: int) -> Path:
+    """The temporary sibling of the real folder ``out`` names (a symlinked ``out`` is replaced where it points)."""
+    target = Path(os.path.realpath(out))
+    return target.with_name(f".{target.name}.{kind}-{pid}")
+
+
+def clean_leftovers(out: Path) -> None:
+    """Undo what a killed ``--overwrite`` left beside ``out``: a new run that never started (``.new-<pid>``) is
+    removed, and so is an old run already replaced (``.old-<pid>``), unless ``out`` itself is missing (killed
+    between the two renames of a swap without an atomic exchange): then the old run is put back. Folders of a
+    process that is still running are left alone."""
+    target = Path(os.path.realpath(out))
+    if not target.parent.is_dir():
+        return
+    found = []
+    for path in target.parent.iterdir():
+        match = _LEFTOVER.fullmatch(path.name)
+        if match and match["name"] == target.name and not _alive(int(match["pid"])):
+            found.append((match["kind"], path))
+    old = sorted((p for kind, p in found if kind == "old"), key=lambda p: p.stat().st_mtime)
+    if old and not target.exists():
+        old.pop().rename(target)
+    for _, path in found:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # our own leftovers (an earlier call in this process): nothing is using them
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, under another user
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not
+    available (another system, an old kernel or C library, a file system without it)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_into_place(work: Path, out: Path) -> None:
+    """Put the new run ``work`` where the old run ``out`` is, then delete the old one. With an atomic exchange
+    ``out`` is always one whole run, the old or the new; otherwise the old run is renamed aside first, and a
+    kill between the two renames is undone by :func:`clean_leftovers`."""
+    target = Path(os.path.realpath(out))
+    aside = _beside(out, "old", os.getpid())
+    if _exchange(work, target):
+        work.rename(aside)  # the old run now; under a name that says so
+    else:
+        target.rename(aside)
+        work.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@dataclass
+class RunFolder:
+    """Where a run lives (``out``) and where it is written until it has started (``work``; the same folder
+    unless ``--overwrite`` replaces an existing run).
+
+    ``--overwrite`` never loses the old run for a new one that does not start: the new run is built in a hidden
+    sibling folder and :meth:`started` swaps it in once its base model is loaded, just before the first stage
+    trains; only then is the old run deleted. Until that moment ``out`` is the old run, whole and untouched (a
+    failure removes the new folder; a kill leaves it beside ``out`` for the next start to remove), and after it
+    ``out`` holds only the new run's files: never a mix of the two.
+
+    Why the swap comes there and not at the first checkpoint or metrics record: every stage records paths inside
+    the run folder as it goes (its resume record, samples' metadata, the report), so the folder must have its
+    final name before the first stage writes anything, or ``--resume`` would later look for a folder that no
+    longer exists. And by then everything that can fail before training is behind us: the config, the task's
+    data, building the tiny base model and loading the model the run starts from.
+    """
+
+    out: Path
+    work: Path
+
+    @property
+    def replacing(self) -> bool:
+        return self.work != self.out
+
+    def here(self, path: Path) -> Path:
+        """``path`` under ``work`` as it is once the run has its place; any other path as it is."""
+        if self.replacing and path.is_relative_to(self.work):
+            return self.out / path.relative_to(self.work)
+        return path
+
+    @contextmanager
+    def starting(self) -> Iterator[None]:
+        """The steps before :meth:`started`: if one fails, the new folder goes and ``out`` is as it was."""
+        try:
+            yield
+        except BaseException as err:
+            if self.replacing:
+                if is_main():
+                    shutil.rmtree(self.work, ignore_errors=True)
+                if isinstance(err, KeyboardInterrupt):  # the CLI's message must not offer to resume the old run
+                    err.old_run_kept = True  # type: ignore[attr-defined]
+            raise
+
+    def started(self, log: MetricsLog) -> None:
+        """The run has started: it moves to ``out`` (the old run there is deleted) and ``log`` follows it."""
+        if not self.replacing:
+            return
+        barrier()  # every process has read what it needed from the new folder
+        if is_main():
+            swap_into_place(self.work, self.out)
+        barrier()
+        log.path = self.here(log.path)
 
 
 def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | None, str | None]:
@@ -93,19 +230,23 @@ def _quiet_transformers() -> None:
 
 def _stage_setup(
     config: RunConfig, out: Path, overwrite: bool, needs: str, resume: bool
-) -> tuple[Any, MetricsLog, TaskData]:
-    """What every training command does first: data check, run folder, resolved config, seed, accelerator, log."""
+) -> tuple[Any, MetricsLog, TaskData, RunFolder]:
+    """What every training command does first: data check, run folder, resolved config, seed, accelerator, log.
+
+    The caller writes into ``folder.work`` until it calls ``folder.started`` (see :class:`RunFolder`)."""
     _quiet_transformers()
     data = load_task(config.task)
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
+    work = None
     if is_main():  # one process owns the run folder; the others only read what it wrote
-        prepare_run_dir(out, overwrite, resume)
+        work = prepare_run_dir(out, overwrite, resume)
         if not resume:
-            write_text_atomically(out / "config.yaml", dump_yaml(config))
+            write_text_atomically(work / "config.yaml", dump_yaml(config))
+    folder = RunFolder(out, broadcast(work))
     barrier()
     set_seed(config.seed)
-    log = MetricsLog(out / "metrics.jsonl", resuming=resume)
-    return make_accelerator(config.mixed_precision), log, data
+    log = MetricsLog(folder.work / "metrics.jsonl", resuming=resume)
+    return make_accelerator(config.mixed_precision), log, data, folder
 
 
 @dataclass
@@ -125,17 +266,21 @@ def run_pipeline(
     """Warm-up SFT, then each of ``config.methods`` from it, then greedy (and sampled) test evaluation.
 
     With ``resume``, finished stages are read back and the interrupted one continues from its checkpoint."""
-    accelerator, log, data = _stage_setup(config, out, overwrite, "SFT", resume)
-    command, commit = run_identity(out, command, resume)  # the code that ran, not whatever HEAD is when it ends
+    accelerator, log, data, folder = _stage_setup(config, out, overwrite, "SFT", resume)
     methods = method_list(config.methods)
     cot = config.task.cot
     stage_seconds: dict[str, float] = {}
     warmup_epochs = config.sft.warmup_epochs
 
     t = time.time()
-    base = base_model_dir(config, data, out)
-    tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, tokenizer)
+    with folder.starting():
+        # the code that ran, not whatever HEAD is when it ends
+        command, commit = run_identity(folder.work, command, resume)
+        base = base_model_dir(config, data, folder.work)
+        tokenizer = load_tokenizer(base)
+        model = load_causal_lm(base, tokenizer)
+    folder.started(log)
+    base = folder.here(base)
     print(
         f"task {data.name}/{cot}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test; "
         f"model {base} ({param_count(model) / 1e6:.2f}M params), mixed precision {accelerator.mixed_precision}; "
@@ -537,12 +682,15 @@ def run_sft_stage(
     config: RunConfig, out: Path, model_path: str | None, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """``reftkit sft``: SFT from an HF directory (or the tiny preset); writes warmup/, sft/ and sft_last/."""
-    accelerator, log, data = _stage_setup(config, out, overwrite, "SFT", resume)
+    accelerator, log, data, folder = _stage_setup(config, out, overwrite, "SFT", resume)
     if model_path:
         config.model.path = model_path
-    base = base_model_dir(config, data, out)
-    tokenizer = load_tokenizer(base)
-    result = train_sft(config, load_causal_lm(base, tokenizer), tokenizer, data, out, log, accelerator)
+    with folder.starting():
+        base = base_model_dir(config, data, folder.work)
+        tokenizer = load_tokenizer(base)
+        model = load_causal_lm(base, tokenizer)
+    folder.started(log)
+    result = train_sft(config, model, tokenizer, data, out, log, accelerator)
     if is_main():
         plot_run(out)
     return {
@@ -564,9 +712,13 @@ def run_reft_stage(
 ) -> dict[str, Any]:
     """``reftkit reft`` (PPO; writes reft/, best on val, and reft_last/) or ``reftkit online-st`` (writes
     online_st/ and online_st_last/) from a warm-up HF directory, then the selected checkpoint's test accuracy."""
-    accelerator, log, data = _stage_setup(config, out, overwrite, "ReFT", resume)
-    command, commit = run_identity(out, command, resume)
-    tokenizer = load_tokenizer(model_path)
+    accelerator, log, data, folder = _stage_setup(config, out, overwrite, "ReFT", resume)
+    with folder.starting():
+        command, commit = run_identity(folder.work, command, resume)
+        tokenizer = load_tokenizer(model_path)
+        if folder.replacing:  # the trainer loads the policy itself: it must load before the old run is deleted
+            load_causal_lm(model_path, tokenizer)
+    folder.started(log)
     train = {"reft": train_reft, "online-st": train_online_st}[method]
     result = train(config, Path(model_path), tokenizer, data, out, log, accelerator)
     name = method.replace("-", "_")

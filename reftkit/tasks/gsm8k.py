@@ -18,7 +18,7 @@ from pathlib import Path
 from reftkit.answers import parse_number
 from reftkit.tasks import gsm8k_programs
 from reftkit.tasks.base import Loaded, Problem
-from reftkit.tasks.records import DataError, read_located
+from reftkit.tasks.records import DataError, Located, read_located
 from reftkit.tasks.release import read_release_file
 
 
@@ -44,19 +44,36 @@ def load_gsm8k(data_dir: Path, cot: str) -> Loaded:
 def read_rationales(path: Path, id_prefix: str) -> list[Problem]:
     """OpenAI GSM8K JSONL; ``Problem.answer`` holds the whole rationale until ``_nl_problem`` splits it."""
     located, issues = read_located(path)
-    problems = []
+    problems, more = rationale_problems(located, id_prefix)
+    if issues or more:
+        raise DataError(issues + more)
+    return problems
+
+
+def rationale_problems(located: list[Located], id_prefix: str) -> tuple[list[Problem], list[str]]:
+    """The records of an OpenAI GSM8K file as problems (the whole rationale as ``answer``), and one line per
+    record that is not one (a question, and a rationale that ends in ``#### <number>``)."""
+    problems, issues = [], []
     for number, item in enumerate(located):
         record = item.record if isinstance(item.record, dict) else {}
         question, rationale = record.get("question"), record.get("answer")
         if not isinstance(question, str) or not question.strip():
             issues.append(f"{item.where}: question: expected a non-empty string")
-        elif not isinstance(rationale, str) or parse_number(rationale.rpartition("####")[2]) is None:
+        elif not isinstance(rationale, str) or not _ends_in_gold(rationale):
             issues.append(f"{item.where}: answer: expected a rationale ending in a '#### <number>' line")
         else:
             problems.append(Problem(f"{id_prefix}{number}", question.strip(), rationale))
-    if issues:
-        raise DataError(issues)
-    return problems
+    return problems, issues
+
+
+def _ends_in_gold(rationale: str) -> bool:
+    if parse_number(rationale.rpartition("####")[2]) is None:
+        return False
+    try:
+        gsm8k_programs.nl_cot_from_rationale(rationale)  # what _nl_problem does with it
+    except ValueError:
+        return False
+    return True
 
 
 def _nl_problem(p: Problem, keep_cot: bool = True) -> Problem:
