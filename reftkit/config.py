@@ -59,10 +59,19 @@ class LoraConfig:
     but the output layer)."""
 
 
+WeightDtype = Literal["float32", "bfloat16", "float16"]
+
+
 @dataclass
 class ModelConfig:
     path: str | None = None
-    """HF model directory (``reftkit model import`` brings GGUF files in); None builds the ``tiny`` preset."""
+    """HF model directory, or a Hub id (``org/name``: downloaded to, or read from, the HF cache; ``reftkit model
+    import`` brings GGUF files in); None builds the ``tiny`` preset."""
+    dtype: WeightDtype = "float32"
+    """Weights as loaded for training and sampling (policy, value and reference models; the reward model stays
+    float32): ``float32``, ``bfloat16`` (half the memory; the optimizer state is then bfloat16 too, and small
+    updates can round away) or ``float16``. Mixed precision still runs matmuls in its autocast dtype either way.
+    Checkpoints are saved in this dtype."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
@@ -457,6 +466,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("model.lora.target_modules: give module names (e.g. q_proj,v_proj) or all-linear")
     if config.reft.ref_model == "lora_off" and not lora.enabled:
         raise ConfigError("reft.ref_model: lora_off needs model.lora.enabled=true; or use reft.ref_model=copy")
+    if config.model.dtype == "float16" and config.mixed_precision == "fp16":
+        raise ConfigError(
+            "model.dtype: float16 weights cannot train under mixed_precision=fp16 (its gradient scaler cannot unscale "
+            "float16 gradients); use mixed_precision=no, or model.dtype=bfloat16 or float32"
+        )
     if config.reft.ref_model == "lora_off" and config.reft.ref_device != "same":
         raise ConfigError("reft.ref_device: a lora_off reference is the policy itself; use reft.ref_device=same")
 
@@ -505,7 +519,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is False and "no" in choices:  # YAML 1.1 reads a bare no as false
             value = "no"
         if value not in choices or isinstance(value, bool):
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{hint}")
         return value
     if isinstance(hint, types.UnionType):
         options = typing.get_args(hint)

@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 from reftkit.config import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
 from reftkit.distributed import barrier, is_main
 from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
-from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models import build_tiny, load_causal_lm, load_tokenizer, resolve_model_dir
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
 from reftkit.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
 from reftkit.sampling import (
@@ -41,7 +41,7 @@ from reftkit.sampling import (
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
-from reftkit.trainers.common import MetricsLog, make_accelerator, param_count, write_atomically
+from reftkit.trainers.common import MetricsLog, device_line, make_accelerator, param_count, write_atomically
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
@@ -75,7 +75,7 @@ def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | No
 def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     """The model SFT starts from: the user's HF directory, or the ``tiny`` preset built on the train split."""
     if config.model.path:
-        return Path(config.model.path)
+        return resolve_model_dir(config.model.path)
     target = out / "checkpoints" / "base"
     if is_main() and not (target / "config.json").is_file():  # a resumed run keeps its model and tokenizer
         cot = config.task.cot
@@ -94,7 +94,8 @@ def _quiet_transformers() -> None:
 def _stage_setup(
     config: RunConfig, out: Path, overwrite: bool, needs: str, resume: bool
 ) -> tuple[Any, MetricsLog, TaskData]:
-    """What every training command does first: data check, run folder, resolved config, seed, accelerator, log."""
+    """What every training command does first: data check, run folder, resolved config, seed, accelerator (its
+    device line printed), log."""
     _quiet_transformers()
     data = load_task(config.task)
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
@@ -104,8 +105,9 @@ def _stage_setup(
             write_text_atomically(out / "config.yaml", dump_yaml(config))
     barrier()
     set_seed(config.seed)
-    log = MetricsLog(out / "metrics.jsonl", resuming=resume)
-    return make_accelerator(config.mixed_precision), log, data
+    accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
+    print(device_line(accelerator, config.model.dtype))
+    return accelerator, MetricsLog(out / "metrics.jsonl", resuming=resume), data
 
 
 @dataclass
@@ -135,7 +137,7 @@ def run_pipeline(
     t = time.time()
     base = base_model_dir(config, data, out)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, tokenizer)
+    model = load_causal_lm(base, tokenizer, config.model.dtype)
     print(
         f"task {data.name}/{cot}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test; "
         f"model {base} ({param_count(model) / 1e6:.2f}M params), mixed precision {accelerator.mixed_precision}; "
@@ -175,8 +177,8 @@ def run_pipeline(
         print(f"offline self-training: {len(st_train)} chains for {len(data.train)} questions (gold once)")
         epochs = config.self_training.offline_epochs or max(sft.val_history)
         offline = train_sft(
-            config, load_causal_lm(base, tokenizer), tokenizer, replace(data, train=st_train), out, log, accelerator,
-            name="offline-st", epochs=epochs,
+            config, load_causal_lm(base, tokenizer, config.model.dtype), tokenizer, replace(data, train=st_train),
+            out, log, accelerator, name="offline-st", epochs=epochs,
         )  # fmt: skip
         arms["offline_st"] = _arm(offline.best_dir, offline.last_dir, "epoch", offline.best_epoch, offline.val_history)
         stage_seconds["offline_st"] = time.time() - t
@@ -201,9 +203,8 @@ def run_pipeline(
             if ckpt != name and arm.last_val_acc is None:  # the selected checkpoint is the last one
                 test[ckpt] = test[name]
                 continue
-            results = _test_sets(
-                config, load_causal_lm(path, tokenizer), tokenizer, data, ckpt, log, accelerator, extras=ckpt == name
-            )
+            model = load_causal_lm(path, tokenizer, config.model.dtype)
+            results = _test_sets(config, model, tokenizer, data, ckpt, log, accelerator, extras=ckpt == name)
             test[ckpt] = results.pop(data.test_name)
             if ckpt == name:
                 extra[name] = results
@@ -277,7 +278,7 @@ def _sample_to_file(
 ) -> tuple[list[Sample], dict[str, float]]:
     """Sample ``n`` chains per problem from ``model_dir`` (scored by the reward model ``rm`` = (model,
     tokenizer, directory), if given) and keep them as a samples file."""
-    model = load_causal_lm(model_dir, tokenizer).to(accelerator.device)
+    model = load_causal_lm(model_dir, tokenizer, config.model.dtype).to(accelerator.device)
     with accelerator.autocast():
         samples, stats = sample_problems(
             model, tokenizer, problems, config.task.cot, config.sample, config.eval, n,  # type: ignore[arg-type]
@@ -542,7 +543,8 @@ def run_sft_stage(
         config.model.path = model_path
     base = base_model_dir(config, data, out)
     tokenizer = load_tokenizer(base)
-    result = train_sft(config, load_causal_lm(base, tokenizer), tokenizer, data, out, log, accelerator)
+    model = load_causal_lm(base, tokenizer, config.model.dtype)
+    result = train_sft(config, model, tokenizer, data, out, log, accelerator)
     if is_main():
         plot_run(out)
     return {
@@ -566,11 +568,13 @@ def run_reft_stage(
     online_st/ and online_st_last/) from a warm-up HF directory, then the selected checkpoint's test accuracy."""
     accelerator, log, data = _stage_setup(config, out, overwrite, "ReFT", resume)
     command, commit = run_identity(out, command, resume)
+    model_path = str(resolve_model_dir(model_path, "--model"))
     tokenizer = load_tokenizer(model_path)
     train = {"reft": train_reft, "online-st": train_online_st}[method]
     result = train(config, Path(model_path), tokenizer, data, out, log, accelerator)
     name = method.replace("-", "_")
-    tests = _test_sets(config, load_causal_lm(result.best_dir, tokenizer), tokenizer, data, name, log, accelerator)
+    model = load_causal_lm(result.best_dir, tokenizer, config.model.dtype)
+    tests = _test_sets(config, model, tokenizer, data, name, log, accelerator)
     summary: dict[str, Any] = {
         "task": data.name,
         "cot": config.task.cot,
@@ -594,13 +598,14 @@ def run_reft_stage(
 def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path | None = None) -> dict[str, Any]:
     """``reftkit eval``: greedy accuracy of an HF directory on one split; optionally every completion as JSONL."""
     _quiet_transformers()
-    accelerator = make_accelerator(config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
     data = load_task(config.task)
     problems = _split(data, split)
+    model_path = str(resolve_model_dir(model_path, "--model"))
     tokenizer = load_tokenizer(model_path)
     with accelerator.autocast():
         result = evaluate_greedy(
-            load_causal_lm(model_path, tokenizer).to(accelerator.device),
+            load_causal_lm(model_path, tokenizer, config.model.dtype).to(accelerator.device),
             tokenizer,
             problems,
             config.task.cot,  # type: ignore[arg-type]
@@ -629,8 +634,9 @@ def run_sample(config: RunConfig, model_path: str, split: str, out: Path) -> dic
     _quiet_transformers()
     if not config.sample.n:
         raise ConfigError("sample.n: give the number of samples per question (--n N or sample.n=N)")
-    accelerator = make_accelerator(config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
     data = load_task(config.task)
+    model_path = str(resolve_model_dir(model_path, "--model"))
     tokenizer = load_tokenizer(model_path)
     _, stats = _sample_to_file(
         config, Path(model_path), tokenizer, data, _split(data, split), config.sample.n, out, split, accelerator,
@@ -648,7 +654,7 @@ def run_eval_samples(
         _quiet_transformers()
         data = load_task(config.task)
         problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
-        rm = (*load_reward_model(rm_path), rm_path)
+        rm = (*load_reward_model(resolve_model_dir(rm_path, "--rm")), rm_path)
         samples = _scored(config, rm, problems, samples, make_accelerator(config.mixed_precision))
     groups = by_question(samples)
     curves = inference_curves(groups, config.sample.vote_draws, config.seed, rerank=rm_path is not None)
@@ -679,9 +685,11 @@ def run_reward_model(
     set_seed(config.seed)
     problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
     cot = config.task.cot
+    accelerator = make_accelerator(config.mixed_precision)
+    print(device_line(accelerator, "float32"))  # the reward model is always loaded in float32
     log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"))
-    return train_reward_model(
-        Path(init), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
-        make_accelerator(config.mixed_precision), config.seed,
-        val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
+    result = train_reward_model(
+        resolve_model_dir(init, "--model"), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
+        accelerator, config.seed, val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
     )  # fmt: skip
+    return result

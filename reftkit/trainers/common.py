@@ -28,8 +28,11 @@ if TYPE_CHECKING:
     from reftkit.vllm_rollout import VLLMRollout
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """One process on CPU or GPU, or many under ``accelerate launch``; ``auto`` picks bf16 where supported."""
+def make_accelerator(mixed_precision: str, weight_dtype: str = "float32") -> Accelerator:
+    """One process on CPU or GPU, or many under ``accelerate launch``; ``auto`` picks bf16 where supported
+    (and no autocast for float16 weights: fp16's gradient scaler cannot unscale float16 gradients)."""
+    if mixed_precision == "auto" and weight_dtype == "float16":
+        mixed_precision = "no"
     if mixed_precision == "auto":
         if torch.cuda.is_available():
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -40,6 +43,21 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         # reftkit batches its own rows (no DataLoader), and DeepSpeed's prepare() wants a micro-batch size
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     return accelerator
+
+
+def device_line(accelerator: Accelerator, weight_dtype: str) -> str:
+    """Where and how a command computes, in one line: device, processes, mixed precision, weight dtype."""
+    device = accelerator.device
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        device_text = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        device_text = str(device)
+    n = accelerator.num_processes
+    return (
+        f"device {device_text}, {n} process{'es' if n > 1 else ''}, mixed precision {accelerator.mixed_precision}, "
+        f"weights {weight_dtype}"
+    )
 
 
 def _cpu_has_fast_bf16() -> bool:

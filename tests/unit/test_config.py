@@ -53,3 +53,15 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config("nope")
     with pytest.raises(ConfigError, match="no such file"):
         load_config("default", tmp_path / "missing.yaml")
+
+
+def test_unknown_weight_dtype_is_refused():
+    with pytest.raises(ConfigError, match=r"model\.dtype: 'fp16' is not one of float32, bfloat16, float16"):
+        load_config("micro", None, ["model.dtype=fp16"])
+
+
+def test_float16_weights_refuse_fp16_autocast():
+    assert load_config("micro", None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"model\.dtype: float16 weights cannot train under mixed_precision=fp16"):
+        load_config("micro", None, ["model.dtype=float16", "mixed_precision=fp16"])
+
