@@ -308,6 +308,10 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
     if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
+        if config.report_to:
+            from reftkit.trackers import check_trackers
+
+            check_trackers(config.report_to)
     if command == "sample":
         meta = args.out.with_name(args.out.name.removesuffix(".jsonl") + ".meta.json")  # sampling.meta_path
         check_out_file("--out", args.out, args.overwrite, also=meta)

@@ -60,6 +60,8 @@ class LoraConfig:
 
 
 WeightDtype = Literal["float32", "bfloat16", "float16"]
+Tracker = Literal["tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab"]
+TRACKERS: tuple[str, ...] = typing.get_args(Tracker)
 
 
 @dataclass
@@ -285,6 +287,10 @@ class RunConfig:
     """Comma-separated subset of sft, offline-st, online-st, reft for ``reftkit run``; all start from one warm-up."""
     mixed_precision: str = "auto"
     """``auto`` (bf16 where the hardware supports it), ``bf16``, ``fp16`` or ``no``."""
+    report_to: list[Tracker] = field(default_factory=list)
+    """Experiment trackers (through ``accelerate``) that get the figures of ``metrics.jsonl`` too, tagged
+    ``<stage>/<figure>``: any of tensorboard, wandb, trackio, comet_ml, aim, mlflow, clearml, dvclive, swanlab
+    (each needs its package); local logs go to ``RUN/trackers/``. Empty: none."""
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -514,6 +520,15 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
+    if typing.get_origin(hint) is list:  # a YAML list; a bare or comma-separated string; null or [] for none
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list (e.g. {key}=[a,b]), got {value!r}")
+        (item,) = typing.get_args(hint)
+        return list(dict.fromkeys(_coerce(item, v, key) for v in value))
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value is False and "no" in choices:  # YAML 1.1 reads a bare no as false

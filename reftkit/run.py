@@ -40,6 +40,7 @@ from reftkit.sampling import (
 )
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
+from reftkit.trackers import TRACKERS_DIR, open_trackers
 from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
 from reftkit.trainers.common import MetricsLog, device_line, make_accelerator, param_count, write_atomically
 from reftkit.trainers.reft import train_reft
@@ -95,7 +96,7 @@ def _stage_setup(
     config: RunConfig, out: Path, overwrite: bool, needs: str, resume: bool
 ) -> tuple[Any, MetricsLog, TaskData]:
     """What every training command does first: data check, run folder, resolved config, seed, accelerator (its
-    device line printed), log."""
+    device line printed), log (and its trackers)."""
     _quiet_transformers()
     data = load_task(config.task)
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
@@ -107,7 +108,8 @@ def _stage_setup(
     set_seed(config.seed)
     accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
     print(device_line(accelerator, config.model.dtype))
-    return accelerator, MetricsLog(out / "metrics.jsonl", resuming=resume), data
+    trackers = open_trackers(config.report_to, out / TRACKERS_DIR, out.resolve().name, fresh=not resume)
+    return accelerator, MetricsLog(out / "metrics.jsonl", resuming=resume, trackers=trackers), data
 
 
 @dataclass
@@ -248,6 +250,7 @@ def run_pipeline(
     summary |= {"command": command, "commit": commit}
     if not is_main():
         return summary
+    log.close()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots = plot_run(out)
     if inference is not None:
@@ -545,6 +548,7 @@ def run_sft_stage(
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base, tokenizer, config.model.dtype)
     result = train_sft(config, model, tokenizer, data, out, log, accelerator)
+    log.close()
     if is_main():
         plot_run(out)
     return {
@@ -575,6 +579,7 @@ def run_reft_stage(
     name = method.replace("-", "_")
     model = load_causal_lm(result.best_dir, tokenizer, config.model.dtype)
     tests = _test_sets(config, model, tokenizer, data, name, log, accelerator)
+    log.close()
     summary: dict[str, Any] = {
         "task": data.name,
         "cot": config.task.cot,
@@ -687,9 +692,12 @@ def run_reward_model(
     cot = config.task.cot
     accelerator = make_accelerator(config.mixed_precision)
     print(device_line(accelerator, "float32"))  # the reward model is always loaded in float32
-    log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"))
+    # beside the RM directory (a plain HF folder), as its metrics file is
+    trackers = open_trackers(config.report_to, out.with_name(out.name + "." + TRACKERS_DIR), out.resolve().name)
+    log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"), trackers=trackers)
     result = train_reward_model(
         resolve_model_dir(init, "--model"), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
         accelerator, config.seed, val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
     )  # fmt: skip
+    log.close()
     return result

@@ -1,4 +1,4 @@
-"""What a user on real hardware sees: the device line, bf16 weights end to end, Hub ids."""
+"""What a user on real hardware sees: the device line, bf16 weights end to end, TensorBoard curves, Hub ids."""
 
 import json
 import os
@@ -24,15 +24,27 @@ def _dtypes(path: Path) -> set[str]:
         return {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
 
 
-def test_micro_run_in_bfloat16(tmp_path, capsys):
+def test_micro_run_in_bfloat16_reports_to_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), "--preset", "micro", "model.dtype=bfloat16"]) == 0
+    assert main(["run", "--out", str(out), "--preset", "micro", "report_to=[tensorboard]", "model.dtype=bfloat16"]) == 0
     printed = capsys.readouterr().out
     assert "device cpu, 1 process, mixed precision " in printed and ", weights bfloat16" in printed
     # the weights trained and saved are bfloat16; the value head stays float32
     for name in ("warmup", "sft", "reft", "reft_last"):
         assert _dtypes(out / "checkpoints" / name / "model.safetensors") == {"BF16"}
     assert _dtypes(out / "checkpoints" / "reft" / "value_head.safetensors") == {"F32"}
+    # TensorBoard holds the same series as metrics.jsonl, tagged <stage>/<figure> at each record's step
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "trackers" / "tensorboard"))
+    events.Reload()
+    for stage, figure in (("reft", "reward"), ("reft", "kl"), ("reft_eval", "val_acc"), ("sft_eval", "val_acc")):
+        expected = [r for r in records if r["stage"] == stage]
+        logged = events.Scalars(f"{stage}/{figure}")
+        assert len(expected) >= 1 and [e.step for e in logged] == [r["step"] for r in expected]
+        assert [e.value for e in logged] == pytest.approx([r[figure] for r in expected], rel=1e-6)  # float32 there
 
 
 def _run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -47,6 +47,7 @@ ROWS = [
     ([*RUN, "rm.enabled=true"], "rm.enabled: reranking needs sampled test chains; set sample.n"),
     ([*RUN, "checkpoint.keep_last=0"], "checkpoint.keep_last: must be > 0, got 0"),
     ([*RUN, "model.tiny.num_heads=5"], "model.tiny.hidden_size: must be a multiple of model.tiny.num_heads"),
+    ([*RUN, "report_to=[tensorbord]"], "report_to: 'tensorbord' is not one of tensorboard, wandb"),
     ([*RUN, "model.dtype=half"], "model.dtype: 'half' is not one of float32, bfloat16, float16"),
     ([*RUN, "model.dtype=float16", "mixed_precision=fp16"], "model.dtype: float16 weights cannot train under"),
     # Hub ids that cannot be resolved (offline here, and in no cache)

@@ -55,9 +55,33 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config("default", tmp_path / "missing.yaml")
 
 
-def test_unknown_weight_dtype_is_refused():
-    with pytest.raises(ConfigError, match=r"model\.dtype: 'fp16' is not one of float32, bfloat16, float16"):
-        load_config("micro", None, ["model.dtype=fp16"])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("report_to=[tensorboard]", ["tensorboard"]),
+        ("report_to=tensorboard", ["tensorboard"]),
+        ("report_to=tensorboard,wandb", ["tensorboard", "wandb"]),
+        ("report_to=[wandb, wandb]", ["wandb"]),
+        ("report_to=[]", []),
+        ("report_to=", []),
+    ],
+)
+def test_report_to_is_a_list_of_tracker_names(override, expected):
+    assert load_config("micro", None, [override]).report_to == expected
+    assert load_config("micro").report_to == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("report_to=[tensorbord]", "report_to: 'tensorbord' is not one of tensorboard, wandb, "),
+        ("report_to=3", "report_to: expected a list"),
+        ("model.dtype=fp16", "model.dtype: 'fp16' is not one of float32, bfloat16, float16"),
+    ],
+)
+def test_report_to_and_dtype_reject_unknown_names(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config("micro", None, [override])
 
 
 def test_float16_weights_refuse_fp16_autocast():
