@@ -6,9 +6,12 @@ work starts, and unknown keys get a did-you-mean.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -428,6 +431,51 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def dump_yaml_with_docs(config: RunConfig) -> str:
+    """``config`` as YAML (it loads back as the same config), each key preceded by its doc string as comments:
+    what ``reftkit config show`` prints."""
+    docs = field_docs()
+    lines: list[str] = []
+
+    def emit(node: Any, indent: int) -> None:
+        pad = " " * indent
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            doc = docs.get((type(node).__name__, f.name))
+            if doc is None and dataclasses.is_dataclass(value):
+                doc = docs.get((type(value).__name__, None))
+            if doc:
+                text = " ".join(doc.replace("``", "`").split())
+                lines.extend(pad + "# " + line for line in textwrap.wrap(text, max(40, 116 - indent)))
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:")
+                emit(value, indent + 2)
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=math.inf)
+                lines.append(f"{pad}{f.name}: {text.removesuffix(chr(10) + '...' + chr(10)).strip()}")
+
+    emit(config, 0)
+    return "\n".join(lines) + "\n"
+
+
+def field_docs() -> dict[tuple[str, str | None], str]:
+    """Doc strings of the config dataclasses, read from this module's source: (class, field) -> the string literal
+    written after the field, and (class, None) -> the class doc string."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    docs: dict[tuple[str, str | None], str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        if (doc := ast.get_docstring(node)) is not None:
+            docs[(node.name, None)] = doc
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
+            text = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else None
+            if isinstance(target, ast.Name) and isinstance(text, str):
+                docs[(node.name, target.id)] = inspect.cleandoc(text)
+    return docs
 
 
 def validate(config: RunConfig) -> None:

@@ -89,3 +89,18 @@ def test_float16_weights_refuse_fp16_autocast():
     with pytest.raises(ConfigError, match=r"model\.dtype: float16 weights cannot train under mixed_precision=fp16"):
         load_config("micro", None, ["model.dtype=float16", "mixed_precision=fp16"])
 
+
+def test_config_show_is_commented_yaml_of_the_same_config(tmp_path, capsys):
+    import yaml
+
+    from reftkit.cli import main
+
+    overrides = ["report_to=[tensorboard]", "model.dtype=bfloat16", "reft.lr=2e-5", "mixed_precision=no"]
+    assert main(["config", "show", "--preset", "micro", *overrides]) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text)["report_to"] == ["tensorboard"]
+    path = tmp_path / "shown.yaml"
+    path.write_text(text)
+    assert load_config(None, path) == load_config("micro", None, overrides)
+    assert "\n    # Rank of each adapter.\n    r: 8\n" in text  # each key's doc string above it, indented with it
+    assert "# Gradient accumulation: each batch of `batch_size` is back-propagated" in text
