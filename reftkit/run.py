@@ -86,6 +86,12 @@ def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     return target
 
 
+def _announce(line: str) -> None:
+    """A status line on stderr (stdout stays the command's JSON result), from the main process only."""
+    if is_main():
+        print(line, file=sys.stderr, flush=True)
+
+
 def _quiet_transformers() -> None:
     """Our own progress bars and summary replace transformers' per-file loading bars and warnings."""
     hf_logging.disable_progress_bar()
@@ -107,7 +113,7 @@ def _stage_setup(
     barrier()
     set_seed(config.seed)
     accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
-    print(device_line(accelerator, config.model.dtype))
+    _announce(device_line(accelerator, config.model.dtype))
     trackers = open_trackers(config.report_to, out / TRACKERS_DIR, out.resolve().name, fresh=not resume)
     return accelerator, MetricsLog(out / "metrics.jsonl", resuming=resume, trackers=trackers), data
 
@@ -691,7 +697,7 @@ def run_reward_model(
     problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
     cot = config.task.cot
     accelerator = make_accelerator(config.mixed_precision)
-    print(device_line(accelerator, "float32"))  # the reward model is always loaded in float32
+    _announce(device_line(accelerator, "float32"))  # the reward model is always loaded in float32
     # beside the RM directory (a plain HF folder), as its metrics file is
     trackers = open_trackers(config.report_to, out.with_name(out.name + "." + TRACKERS_DIR), out.resolve().name)
     log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"), trackers=trackers)

@@ -30,7 +30,7 @@ def test_micro_run_in_bfloat16_reports_to_tensorboard(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), "--preset", "micro", "report_to=[tensorboard]", "model.dtype=bfloat16"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # stdout stays the command's output
     assert "device cpu, 1 process, mixed precision " in printed and ", weights bfloat16" in printed
     # the weights trained and saved are bfloat16; the value head stays float32
     for name in ("warmup", "sft", "reft", "reft_last"):
