@@ -15,6 +15,7 @@ from reftkit.config import (
     RunConfig,
     TrainingError,
     check_out_dir,
+    dump_yaml_with_docs,
     load_config,
     preset_names,
     resumed_config,
@@ -179,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sft", action="store_true", help="every record must carry a chain of thought")
     _config_args(check)
 
+    cfg = sub.add_parser("config", help="show the resolved run config").add_subparsers(
+        dest="config_command", required=True, parser_class=Parser
+    )
+    show = cfg.add_parser(
+        "show", help="print the config a command would run with (preset, --config file, overrides) as commented YAML"
+    )
+    _config_args(show)
+
     models = sub.add_parser("model", help="bring pretrained models in as plain HF directories").add_subparsers(
         dest="model_command", required=True, parser_class=Parser
     )
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     # names any that is not key=value).
     stray = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
     if stray:
-        command = [args.command, getattr(args, "data_command", None), getattr(args, "model_command", None)]
+        command = [args.command, *(getattr(args, f"{c}_command", None) for c in ("data", "model", "config"))]
         _usage_error(" ".join([parser.prog, *filter(None, command)]), f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
@@ -256,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             check_inputs(args, config)
         if args.command == "data":
             return _data_command(args, config)
+        if args.command == "config":  # config show: the YAML loads back as this config (--config FILE)
+            print(dump_yaml_with_docs(config), end="")
+            return 0
         from reftkit import run as pipeline  # heavy imports only after the arguments are known to be good
 
         command = pipeline.command_line(argv)
@@ -341,6 +353,10 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: no such file {path}; write one with `reftkit sample`")
     if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
+        if config.report_to:
+            from reftkit.trackers import check_trackers
+
+            check_trackers(config.report_to)
     run_folder = command in ("run", "sft", "reft", "online-st")
     replaced = args.out if run_folder and args.overwrite and args.out.is_dir() else None  # the run it replaces
     if replaced is not None and _inside(Path.cwd(), replaced):

@@ -6,9 +6,12 @@ work starts, and unknown keys get a did-you-mean.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,10 +62,21 @@ class LoraConfig:
     but the output layer)."""
 
 
+WeightDtype = Literal["float32", "bfloat16", "float16"]
+Tracker = Literal["tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab"]
+TRACKERS: tuple[str, ...] = typing.get_args(Tracker)
+
+
 @dataclass
 class ModelConfig:
     path: str | None = None
-    """HF model directory (``reftkit model import`` brings GGUF files in); None builds the ``tiny`` preset."""
+    """HF model directory, or a Hub id (``org/name``: downloaded to, or read from, the HF cache; ``reftkit model
+    import`` brings GGUF files in); None builds the ``tiny`` preset."""
+    dtype: WeightDtype = "float32"
+    """Weights as loaded for training and sampling (policy, value and reference models; the reward model stays
+    float32): ``float32``, ``bfloat16`` (half the memory; the optimizer state is then bfloat16 too, and small
+    updates can round away) or ``float16``. Mixed precision still runs matmuls in its autocast dtype either way.
+    Checkpoints are saved in this dtype."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
@@ -276,6 +290,10 @@ class RunConfig:
     """Comma-separated subset of sft, offline-st, online-st, reft for ``reftkit run``; all start from one warm-up."""
     mixed_precision: str = "auto"
     """``auto`` (bf16 where the hardware supports it), ``bf16``, ``fp16`` or ``no``."""
+    report_to: list[Tracker] = field(default_factory=list)
+    """Experiment trackers (through ``accelerate``) that get the figures of ``metrics.jsonl`` too, tagged
+    ``<stage>/<figure>``: any of tensorboard, wandb, trackio, comet_ml, aim, mlflow, clearml, dvclive, swanlab
+    (each needs its package); local logs go to ``RUN/trackers/``. Empty: none."""
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -415,6 +433,51 @@ def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+def dump_yaml_with_docs(config: RunConfig) -> str:
+    """``config`` as YAML (it loads back as the same config), each key preceded by its doc string as comments:
+    what ``reftkit config show`` prints."""
+    docs = field_docs()
+    lines: list[str] = []
+
+    def emit(node: Any, indent: int) -> None:
+        pad = " " * indent
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            doc = docs.get((type(node).__name__, f.name))
+            if doc is None and dataclasses.is_dataclass(value):
+                doc = docs.get((type(value).__name__, None))
+            if doc:
+                text = " ".join(doc.replace("``", "`").split())
+                lines.extend(pad + "# " + line for line in textwrap.wrap(text, max(40, 116 - indent)))
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:")
+                emit(value, indent + 2)
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=math.inf)
+                lines.append(f"{pad}{f.name}: {text.removesuffix(chr(10) + '...' + chr(10)).strip()}")
+
+    emit(config, 0)
+    return "\n".join(lines) + "\n"
+
+
+def field_docs() -> dict[tuple[str, str | None], str]:
+    """Doc strings of the config dataclasses, read from this module's source: (class, field) -> the string literal
+    written after the field, and (class, None) -> the class doc string."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    docs: dict[tuple[str, str | None], str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        if (doc := ast.get_docstring(node)) is not None:
+            docs[(node.name, None)] = doc
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
+            text = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else None
+            if isinstance(target, ast.Name) and isinstance(text, str):
+                docs[(node.name, target.id)] = inspect.cleandoc(text)
+    return docs
+
+
 def validate(config: RunConfig) -> None:
     """Range checks that types alone cannot express."""
     flat = _flatten(to_dict(config))
@@ -457,6 +520,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("model.lora.target_modules: give module names (e.g. q_proj,v_proj) or all-linear")
     if config.reft.ref_model == "lora_off" and not lora.enabled:
         raise ConfigError("reft.ref_model: lora_off needs model.lora.enabled=true; or use reft.ref_model=copy")
+    if config.model.dtype == "float16" and config.mixed_precision == "fp16":
+        raise ConfigError(
+            "model.dtype: float16 weights cannot train under mixed_precision=fp16 (its gradient scaler cannot unscale "
+            "float16 gradients); use mixed_precision=no, or model.dtype=bfloat16 or float32"
+        )
     if config.reft.ref_model == "lora_off" and config.reft.ref_device != "same":
         raise ConfigError("reft.ref_device: a lora_off reference is the policy itself; use reft.ref_device=same")
 
@@ -500,12 +568,23 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
+    if typing.get_origin(hint) is list:  # a YAML list; a bare or comma-separated string; null or [] for none
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list (e.g. {key}=[a,b]), got {value!r}")
+        (item,) = typing.get_args(hint)
+        return list(dict.fromkeys(_coerce(item, v, key) for v in value))
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         if value is False and "no" in choices:  # YAML 1.1 reads a bare no as false
             value = "no"
         if value not in choices or isinstance(value, bool):
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{hint}")
         return value
     if isinstance(hint, types.UnionType):
         options = typing.get_args(hint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import types
 import warnings
@@ -80,12 +81,53 @@ def build_tiny(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path, 
     return out
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# what a model needs from a Hub repository (not its other formats: ONNX, GGUF, Flax, ...)
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "tokenizer*"]
+
+
+def is_hub_id(path: str | Path) -> bool:
+    """Whether ``path`` names a Hugging Face Hub repository (``org/name``) rather than a local folder."""
+    return not Path(path).exists() and _HUB_ID.fullmatch(str(path)) is not None
+
+
+def resolve_model_dir(path: str | Path, field: str = "model.path") -> Path:
+    """The local folder of a model: ``path`` itself, or for a Hub id (``org/name``, no such local folder) its
+    snapshot in the Hugging Face cache, downloaded first where there is network (only the files a model needs:
+    configs, tokenizer files, safetensors weights, else .bin weights). ConfigError in one line when the id cannot
+    be resolved (no network and not in the cache, no such repository, no access)."""
+    if not is_hub_id(path):
+        return Path(path)
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    repo = str(path)
+    try:
+        folder = Path(huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES))
+        if not any(_is_weights(f) for f in folder.iterdir()):  # an older repository: PyTorch .bin weights only
+            folder = Path(huggingface_hub.snapshot_download(repo, allow_patterns=[*_HUB_FILES, "*.bin"]))
+    except (huggingface_hub.errors.RepositoryNotFoundError, huggingface_hub.errors.GatedRepoError) as err:
+        gated = isinstance(err, huggingface_hub.errors.GatedRepoError)
+        why = "is gated" if gated else "does not exist on the Hub, or is private"
+        why += " (log in with `hf auth login`)"
+        raise ConfigError(f"{field}: {repo} is no local folder, and the Hub repository {repo} {why}") from err
+    except (OSError, ValueError, huggingface_hub.errors.HfHubHTTPError) as err:
+        offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no network"
+        raise ConfigError(
+            f"{field}: {repo} is no local folder, and the Hub id {repo} could not be resolved ({offline}, and it is "
+            f"not in the local Hugging Face cache {constants.HF_HUB_CACHE}); download it where there is network "
+            f"(hf download {repo} --local-dir DIR) and pass the folder, or set HF_HOME to a cache that holds it"
+        ) from err
+    return folder
+
+
 def check_model_dir(path: str | Path, field: str) -> None:
     """Fail in one line naming ``field`` before any work if ``path`` is no HF model directory, one of its JSON
     files does not parse, a weights file is truncated or corrupt (headers and sizes only), its tokenizer cannot
     be used (:func:`load_tokenizer`) or it has no weights; the weights are not read, so this costs well under a
-    second."""
-    folder = Path(path)
+    second. A Hub id (``org/name``) is checked in its snapshot (:func:`resolve_model_dir`)."""
+    folder = resolve_model_dir(path, field)
+    path = folder
     if not (folder / "config.json").is_file():
         raise ConfigError(
             f"{field}: {path} is not a Hugging Face model directory (no config.json); give a folder written by "
@@ -197,9 +239,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_causal_lm(path: str | Path, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
-    """Load any HF causal LM in float32 (autocast gives bf16 speed) and fit its embeddings to the tokenizer."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_causal_lm(path: str | Path, tokenizer: PreTrainedTokenizerFast, dtype: str = "float32") -> PreTrainedModel:
+    """Load any HF causal LM with its weights in ``dtype`` (``model.dtype``; float32 by default, where autocast
+    still gives bf16 matmul speed) and fit its embeddings to the tokenizer."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -221,8 +267,9 @@ def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig, seed: int) ->
 def load_trainable_lm(
     path: str | Path, tokenizer: PreTrainedTokenizerFast, cfg: ModelConfig, seed: int
 ) -> PreTrainedModel:
-    """:func:`load_causal_lm` then :func:`prepare_for_training`: a model to train, as ``model.*`` asks."""
-    return prepare_for_training(load_causal_lm(path, tokenizer), cfg, seed)
+    """:func:`load_causal_lm` (weights in ``model.dtype``) then :func:`prepare_for_training`: a model to train, as
+    ``model.*`` asks."""
+    return prepare_for_training(load_causal_lm(path, tokenizer, cfg.dtype), cfg, seed)
 
 
 def apply_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> PreTrainedModel:
@@ -380,14 +427,16 @@ def reference_model(
     device: torch.device,
 ) -> nn.Module:
     """The frozen KL reference of ReFT: a copy of the warm-up on the training device (the default, the model
-    itself), a copy on the CPU (frees device memory), or the LoRA policy with its adapters off."""
+    itself, its weights in the policy's dtype), a copy on the CPU in float32 (frees device memory), or the LoRA
+    policy with its adapters off."""
     if cfg.ref_model == "lora_off":
         if not is_lora(policy_lm):
             raise ConfigError("reft.ref_model: lora_off needs model.lora.enabled=true")
         return _AdaptersOff(policy_lm).eval()
-    ref = load_causal_lm(warmup_dir, tokenizer)
     if cfg.ref_device == "cpu":
-        return _OnDevice(ref.requires_grad_(False)).eval()
+        return _OnDevice(load_causal_lm(warmup_dir, tokenizer).requires_grad_(False)).eval()
+    dtype = {v: k for k, v in DTYPES.items()}.get(policy_lm.get_input_embeddings().weight.dtype, "float32")
+    ref = load_causal_lm(warmup_dir, tokenizer, dtype)
     return ref.to(device).eval().requires_grad_(False)
 
 

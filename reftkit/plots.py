@@ -1,8 +1,13 @@
-"""PNG curves of a run from its ``metrics.jsonl``: reward, KL, accuracy and length against step."""
+"""PNG curves of a run from its ``metrics.jsonl``: reward, KL, accuracy, length and losses.
+
+Each figure is one or more panels stacked, each with its own y axis, and every x axis says what it counts: PPO
+steps for the ReFT-only curves, epochs where SFT and ReFT are compared.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -10,39 +15,70 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-# (file name, title, [(stage, metric, label)])
-PANELS = [
-    (
-        "reward.png",
-        "ReFT reward per step",
-        [("reft", "reward", "mean reward"), ("reft", "frac_correct", "share correct")],
+RUN_EPOCH = "epoch (in `reftkit run`, ReFT and online self-training count on from the warm-up's SFT epochs)"
+PPO_STEP = "PPO step (one batch of rollouts and its updates)"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes: ``series`` are (stage, metric, label) of ``metrics.jsonl`` records, drawn against ``x`` (a record
+    key: ``epoch``, or ``step``, which counts a stage's own steps)."""
+
+    title: str
+    series: tuple[tuple[str, str, str], ...]
+    x: str = "epoch"
+    xlabel: str = RUN_EPOCH
+    ylabel: str = ""
+
+
+# file name -> its panels, top to bottom
+FIGURES: dict[str, tuple[Panel, ...]] = {
+    "reward.png": (
+        Panel(
+            "ReFT reward (mean over each step's samples)",
+            (("reft", "reward", "mean reward"), ("reft", "frac_correct", "share correct")),
+            x="step",
+            xlabel=PPO_STEP,
+        ),
     ),
-    ("kl.png", "KL to the warm-up model (per sequence)", [("reft", "kl", "k1"), ("reft", "kl_k3", "k3")]),
-    (
-        "accuracy.png",
-        "Validation accuracy",
-        [
-            ("sft_eval", "val_acc", "SFT (per epoch)"),
-            ("offline_st_eval", "val_acc", "offline self-training"),
-            ("online_st_eval", "val_acc", "online self-training"),
-            ("reft_eval", "val_acc", "ReFT"),
-        ],
+    "kl.png": (
+        Panel(
+            "KL to the warm-up model (per sequence)",
+            (("reft", "kl", "k1"), ("reft", "kl_k3", "k3")),
+            x="step",
+            xlabel=PPO_STEP,
+        ),
     ),
-    (
-        "length.png",
-        "Response length (tokens)",
-        [("reft", "response_length", "ReFT samples"), ("sft_eval", "val_length", "SFT greedy (val)")],
+    "accuracy.png": (
+        Panel(
+            "Validation accuracy",
+            (
+                ("sft_eval", "val_acc", "SFT (per epoch)"),
+                ("offline_st_eval", "val_acc", "offline self-training"),
+                ("online_st_eval", "val_acc", "online self-training"),
+                ("reft_eval", "val_acc", "ReFT"),
+            ),
+            ylabel="accuracy",
+        ),
     ),
-    (
-        "losses.png",
-        "Losses",
-        [
-            ("sft", "loss", "SFT loss"),
-            ("reft", "policy_loss", "PPO policy loss"),
-            ("reft", "value_loss", "PPO value loss"),
-        ],
+    "length.png": (
+        Panel(
+            "Response length",
+            (("reft", "response_length", "ReFT samples"), ("sft_eval", "val_length", "SFT greedy (val)")),
+            ylabel="tokens",
+        ),
     ),
-]
+    "losses.png": (
+        Panel(
+            "SFT loss",
+            (("sft", "loss", "SFT"), ("offline_st", "loss", "offline self-training")),
+            xlabel="epoch of the SFT run",
+            ylabel="cross-entropy per token",
+        ),
+        Panel("PPO policy loss", (("reft", "policy_loss", "policy loss"),), x="step", xlabel=PPO_STEP),
+        Panel("PPO value loss", (("reft", "value_loss", "value loss"),), x="step", xlabel=PPO_STEP),
+    ),
+}
 
 
 SMOOTH_FROM, SMOOTH_WINDOW = 30, 10
@@ -58,39 +94,44 @@ def read_metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def _points(records: list[dict], panel: Panel) -> list[tuple[str, list[tuple[float, float]]]]:
+    """(label, points) of each series of ``panel`` that has data."""
+    drawn = []
+    for stage, key, label in panel.series:
+        points = [
+            (r.get(panel.x, r["step"]), r[key]) for r in records if r["stage"] == stage and r.get(key) is not None
+        ]
+        if points:
+            drawn.append((label, points))
+    return drawn
+
+
 def plot_run(run_dir: Path) -> list[Path]:
-    """Write one PNG per panel into ``run_dir/plots``; x is the epoch (fractional for PPO steps)."""
+    """Write one PNG per figure of ``FIGURES`` that has data into ``run_dir/plots``; panels without data are left
+    out of their figure."""
     records = read_metrics(run_dir / "metrics.jsonl")
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     written = []
-    for name, title, series in PANELS:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        drawn = False
-        for stage, key, label in series:
-            points = [
-                (r.get("epoch", r["step"]), r[key]) for r in records if r["stage"] == stage and r.get(key) is not None
-            ]
-            if len(points) >= SMOOTH_FROM:  # noisy per-step series: faint raw line, bold rolling mean
-                xs, ys = zip(*points, strict=True)
-                line = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)[0]
-                ax.plot(
-                    xs,
-                    rolling_mean(list(ys), SMOOTH_WINDOW),
-                    color=line.get_color(),
-                    label=f"{label} (mean of {SMOOTH_WINDOW})",
-                )
-                drawn = True
-            elif points:
-                ax.plot(*zip(*points, strict=True), label=label, marker="o", markersize=3)
-                drawn = True
-        if not drawn:
-            plt.close(fig)
+    for name, panels in FIGURES.items():
+        filled = [(panel, series) for panel in panels if (series := _points(records, panel))]
+        if not filled:
             continue
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        fig, axes = plt.subplots(len(filled), 1, figsize=(6.4, 0.4 + 3.2 * len(filled)), squeeze=False)
+        for ax, (panel, series) in zip(axes[:, 0], filled, strict=True):
+            for label, points in series:
+                xs, ys = zip(*points, strict=True)
+                if len(points) >= SMOOTH_FROM:  # noisy per-step series: faint raw line, bold rolling mean
+                    line = ax.plot(xs, ys, alpha=0.25, linewidth=0.8)[0]
+                    ax.plot(xs, rolling_mean(list(ys), SMOOTH_WINDOW), color=line.get_color(),
+                            label=f"{label} (mean of {SMOOTH_WINDOW})")  # fmt: skip
+                else:
+                    ax.plot(xs, ys, label=label, marker="o", markersize=3)
+            ax.set_title(panel.title)
+            ax.set_xlabel(panel.xlabel, fontsize=8)
+            ax.set_ylabel(panel.ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from reftkit.config import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
 from reftkit.distributed import barrier, broadcast, is_main
 from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
-from reftkit.models import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models import build_tiny, load_causal_lm, load_tokenizer, resolve_model_dir
 from reftkit.plots import plot_inference_curves, plot_run, read_metrics
 from reftkit.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
 from reftkit.sampling import (
@@ -45,8 +45,9 @@ from reftkit.sampling import (
 )
 from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
+from reftkit.trackers import TRACKERS_DIR, open_trackers
 from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
-from reftkit.trainers.common import MetricsLog, make_accelerator, param_count, write_atomically
+from reftkit.trainers.common import MetricsLog, device_line, make_accelerator, param_count, write_atomically
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
@@ -161,6 +162,9 @@ class RunFolder:
 
     out: Path
     work: Path
+    report_to: list[str] = field(default_factory=list)
+    """Trackers (``report_to``) to open once the run is in its place: their files must not follow a rename."""
+    resume: bool = False
 
     @property
     def replacing(self) -> bool:
@@ -186,14 +190,16 @@ class RunFolder:
             raise
 
     def started(self, log: MetricsLog) -> None:
-        """The run has started: it moves to ``out`` (the old run there is deleted) and ``log`` follows it."""
-        if not self.replacing:
-            return
-        barrier()  # every process has read what it needed from the new folder
-        if is_main():
-            swap_into_place(self.work, self.out)
-        barrier()
-        log.path = self.here(log.path)
+        """The run has started: it moves to ``out`` (the old run there is deleted), ``log`` follows it and its
+        trackers open there."""
+        if self.replacing:
+            barrier()  # every process has read what it needed from the new folder
+            if is_main():
+                swap_into_place(self.work, self.out)
+            barrier()
+            log.path = self.here(log.path)
+        log.trackers = open_trackers(self.report_to, self.out / TRACKERS_DIR, self.out.resolve().name,
+                                     fresh=not self.resume)  # fmt: skip
 
 
 def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | None, str | None]:
@@ -212,7 +218,7 @@ def run_identity(out: Path, command: str | None, resume: bool) -> tuple[str | No
 def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     """The model SFT starts from: the user's HF directory, or the ``tiny`` preset built on the train split."""
     if config.model.path:
-        return Path(config.model.path)
+        return resolve_model_dir(config.model.path)
     target = out / "checkpoints" / "base"
     if is_main() and not (target / "config.json").is_file():  # a resumed run keeps its model and tokenizer
         cot = config.task.cot
@@ -220,6 +226,12 @@ def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
         write_atomically(target, lambda tmp: build_tiny(texts, config.model.tiny, tmp, seed=config.seed))
     barrier()  # the other processes load what the main one wrote
     return target
+
+
+def _announce(line: str) -> None:
+    """A status line on stderr (stdout stays the command's JSON result), from the main process only."""
+    if is_main():
+        print(line, file=sys.stderr, flush=True)
 
 
 def _quiet_transformers() -> None:
@@ -231,7 +243,8 @@ def _quiet_transformers() -> None:
 def _stage_setup(
     config: RunConfig, out: Path, overwrite: bool, needs: str, resume: bool
 ) -> tuple[Any, MetricsLog, TaskData, RunFolder]:
-    """What every training command does first: data check, run folder, resolved config, seed, accelerator, log.
+    """What every training command does first: data check, run folder, resolved config, seed, accelerator (its
+    device line printed), log (its trackers open once the run has started).
 
     The caller writes into ``folder.work`` until it calls ``folder.started`` (see :class:`RunFolder`)."""
     _quiet_transformers()
@@ -242,11 +255,12 @@ def _stage_setup(
         work = prepare_run_dir(out, overwrite, resume)
         if not resume:
             write_text_atomically(work / "config.yaml", dump_yaml(config))
-    folder = RunFolder(out, broadcast(work))
+    folder = RunFolder(out, broadcast(work), list(config.report_to), resume)
     barrier()
     set_seed(config.seed)
-    log = MetricsLog(folder.work / "metrics.jsonl", resuming=resume)
-    return make_accelerator(config.mixed_precision), log, data, folder
+    accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
+    _announce(device_line(accelerator, config.model.dtype))
+    return accelerator, MetricsLog(folder.work / "metrics.jsonl", resuming=resume), data, folder
 
 
 @dataclass
@@ -278,7 +292,7 @@ def run_pipeline(
         command, commit = run_identity(folder.work, command, resume)
         base = base_model_dir(config, data, folder.work)
         tokenizer = load_tokenizer(base)
-        model = load_causal_lm(base, tokenizer)
+        model = load_causal_lm(base, tokenizer, config.model.dtype)
     folder.started(log)
     base = folder.here(base)
     print(
@@ -320,8 +334,8 @@ def run_pipeline(
         print(f"offline self-training: {len(st_train)} chains for {len(data.train)} questions (gold once)")
         epochs = config.self_training.offline_epochs or max(sft.val_history)
         offline = train_sft(
-            config, load_causal_lm(base, tokenizer), tokenizer, replace(data, train=st_train), out, log, accelerator,
-            name="offline-st", epochs=epochs,
+            config, load_causal_lm(base, tokenizer, config.model.dtype), tokenizer, replace(data, train=st_train),
+            out, log, accelerator, name="offline-st", epochs=epochs,
         )  # fmt: skip
         arms["offline_st"] = _arm(offline.best_dir, offline.last_dir, "epoch", offline.best_epoch, offline.val_history)
         stage_seconds["offline_st"] = time.time() - t
@@ -346,9 +360,8 @@ def run_pipeline(
             if ckpt != name and arm.last_val_acc is None:  # the selected checkpoint is the last one
                 test[ckpt] = test[name]
                 continue
-            results = _test_sets(
-                config, load_causal_lm(path, tokenizer), tokenizer, data, ckpt, log, accelerator, extras=ckpt == name
-            )
+            model = load_causal_lm(path, tokenizer, config.model.dtype)
+            results = _test_sets(config, model, tokenizer, data, ckpt, log, accelerator, extras=ckpt == name)
             test[ckpt] = results.pop(data.test_name)
             if ckpt == name:
                 extra[name] = results
@@ -392,6 +405,7 @@ def run_pipeline(
     summary |= {"command": command, "commit": commit}
     if not is_main():
         return summary
+    log.close()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots = plot_run(out)
     if inference is not None:
@@ -422,7 +436,7 @@ def _sample_to_file(
 ) -> tuple[list[Sample], dict[str, float]]:
     """Sample ``n`` chains per problem from ``model_dir`` (scored by the reward model ``rm`` = (model,
     tokenizer, directory), if given) and keep them as a samples file."""
-    model = load_causal_lm(model_dir, tokenizer).to(accelerator.device)
+    model = load_causal_lm(model_dir, tokenizer, config.model.dtype).to(accelerator.device)
     with accelerator.autocast():
         samples, stats = sample_problems(
             model, tokenizer, problems, config.task.cot, config.sample, config.eval, n,  # type: ignore[arg-type]
@@ -688,9 +702,10 @@ def run_sft_stage(
     with folder.starting():
         base = base_model_dir(config, data, folder.work)
         tokenizer = load_tokenizer(base)
-        model = load_causal_lm(base, tokenizer)
+        model = load_causal_lm(base, tokenizer, config.model.dtype)
     folder.started(log)
     result = train_sft(config, model, tokenizer, data, out, log, accelerator)
+    log.close()
     if is_main():
         plot_run(out)
     return {
@@ -715,14 +730,17 @@ def run_reft_stage(
     accelerator, log, data, folder = _stage_setup(config, out, overwrite, "ReFT", resume)
     with folder.starting():
         command, commit = run_identity(folder.work, command, resume)
+        model_path = str(resolve_model_dir(model_path, "--model"))
         tokenizer = load_tokenizer(model_path)
         if folder.replacing:  # the trainer loads the policy itself: it must load before the old run is deleted
-            load_causal_lm(model_path, tokenizer)
+            load_causal_lm(model_path, tokenizer, config.model.dtype)
     folder.started(log)
     train = {"reft": train_reft, "online-st": train_online_st}[method]
     result = train(config, Path(model_path), tokenizer, data, out, log, accelerator)
     name = method.replace("-", "_")
-    tests = _test_sets(config, load_causal_lm(result.best_dir, tokenizer), tokenizer, data, name, log, accelerator)
+    model = load_causal_lm(result.best_dir, tokenizer, config.model.dtype)
+    tests = _test_sets(config, model, tokenizer, data, name, log, accelerator)
+    log.close()
     summary: dict[str, Any] = {
         "task": data.name,
         "cot": config.task.cot,
@@ -746,13 +764,14 @@ def run_reft_stage(
 def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path | None = None) -> dict[str, Any]:
     """``reftkit eval``: greedy accuracy of an HF directory on one split; optionally every completion as JSONL."""
     _quiet_transformers()
-    accelerator = make_accelerator(config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
     data = load_task(config.task)
     problems = _split(data, split)
+    model_path = str(resolve_model_dir(model_path, "--model"))
     tokenizer = load_tokenizer(model_path)
     with accelerator.autocast():
         result = evaluate_greedy(
-            load_causal_lm(model_path, tokenizer).to(accelerator.device),
+            load_causal_lm(model_path, tokenizer, config.model.dtype).to(accelerator.device),
             tokenizer,
             problems,
             config.task.cot,  # type: ignore[arg-type]
@@ -781,8 +800,9 @@ def run_sample(config: RunConfig, model_path: str, split: str, out: Path) -> dic
     _quiet_transformers()
     if not config.sample.n:
         raise ConfigError("sample.n: give the number of samples per question (--n N or sample.n=N)")
-    accelerator = make_accelerator(config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision, config.model.dtype)
     data = load_task(config.task)
+    model_path = str(resolve_model_dir(model_path, "--model"))
     tokenizer = load_tokenizer(model_path)
     _, stats = _sample_to_file(
         config, Path(model_path), tokenizer, data, _split(data, split), config.sample.n, out, split, accelerator,
@@ -800,7 +820,7 @@ def run_eval_samples(
         _quiet_transformers()
         data = load_task(config.task)
         problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
-        rm = (*load_reward_model(rm_path), rm_path)
+        rm = (*load_reward_model(resolve_model_dir(rm_path, "--rm")), rm_path)
         samples = _scored(config, rm, problems, samples, make_accelerator(config.mixed_precision))
     groups = by_question(samples)
     curves = inference_curves(groups, config.sample.vote_draws, config.seed, rerank=rm_path is not None)
@@ -831,9 +851,14 @@ def run_reward_model(
     set_seed(config.seed)
     problems = {p.id: p for p in [*data.train, *data.val, *data.test]}
     cot = config.task.cot
-    log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"))
-    return train_reward_model(
-        Path(init), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
-        make_accelerator(config.mixed_precision), config.seed,
-        val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
+    accelerator = make_accelerator(config.mixed_precision)
+    _announce(device_line(accelerator, "float32"))  # the reward model is always loaded in float32
+    # beside the RM directory (a plain HF folder), as its metrics file is
+    trackers = open_trackers(config.report_to, out.with_name(out.name + "." + TRACKERS_DIR), out.resolve().name)
+    log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"), trackers=trackers)
+    result = train_reward_model(
+        resolve_model_dir(init, "--model"), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
+        accelerator, config.seed, val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
     )  # fmt: skip
+    log.close()
+    return result

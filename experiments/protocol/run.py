@@ -62,6 +62,18 @@ class Job:
     def ready(self) -> bool:
         return self.needs is None or self.needs.exists()
 
+    @property
+    def pid_file(self) -> Path:
+        return self.folder.with_name(f".{self.folder.name}.pid")
+
+    def taken(self) -> bool:
+        """Whether a live process (of another runner on the same folder) is running this job."""
+        try:
+            os.kill(int(self.pid_file.read_text()), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
 
 def jobs_for(
     config: Path, out: Path, seed: int, arms: list[str], data_dir: str | None, preset: str, group_steps: int
@@ -96,7 +108,9 @@ def launch(job: Job) -> subprocess.Popen:
         fh.write(f"\n$ reftkit {' '.join(argv)}\n")
         fh.flush()
         stdout = fh if job.output is None else _partial(job).open("w")
-        return subprocess.Popen([sys.executable, "-m", "reftkit.cli", *argv], stdout=stdout, stderr=fh, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "reftkit.cli", *argv], stdout=stdout, stderr=fh, env=env)
+    job.pid_file.write_text(str(proc.pid))
+    return proc
 
 
 def _partial(job: Job) -> Path:
@@ -142,7 +156,10 @@ def main() -> int:
                     _partial(job).rename(job.output)
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {job.log})"
                 print(f"{time.strftime('%H:%M:%S')} {name}: {status} after {time.time() - started:.0f} s", flush=True)
-        for job in [j for j in pending if j.ready()][: args.jobs - len(running)]:
+        pending = [job for job in pending if not job.done()]  # another runner may have finished some
+        elsewhere = sum(job.taken() for job in pending)  # running under another runner: they use cores too
+        ready = sorted((j for j in pending if j.ready() and not j.taken()), key=lambda j: j.argv[0] != "sft")
+        for job in ready[: args.jobs - len(running) - elsewhere]:  # SFT first: every arm of its seed waits on it
             pending.remove(job)
             running[job.name] = (job, launch(job), time.time())
             print(f"{time.strftime('%H:%M:%S')} {job.name}: started", flush=True)

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from reftkit.config import TrainingError
 from reftkit.distributed import is_main
 from reftkit.evaluation import evaluate_greedy
 from reftkit.rollout import Batch, Responses, generate, left_pad
+from reftkit.trackers import tracker_values
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -28,8 +29,11 @@ if TYPE_CHECKING:
     from reftkit.vllm_rollout import VLLMRollout
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """One process on CPU or GPU, or many under ``accelerate launch``; ``auto`` picks bf16 where supported."""
+def make_accelerator(mixed_precision: str, weight_dtype: str = "float32") -> Accelerator:
+    """One process on CPU or GPU, or many under ``accelerate launch``; ``auto`` picks bf16 where supported
+    (and no autocast for float16 weights: fp16's gradient scaler cannot unscale float16 gradients)."""
+    if mixed_precision == "auto" and weight_dtype == "float16":
+        mixed_precision = "no"
     if mixed_precision == "auto":
         if torch.cuda.is_available():
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -40,6 +44,21 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         # reftkit batches its own rows (no DataLoader), and DeepSpeed's prepare() wants a micro-batch size
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     return accelerator
+
+
+def device_line(accelerator: Accelerator, weight_dtype: str) -> str:
+    """Where and how a command computes, in one line: device, processes, mixed precision, weight dtype."""
+    device = accelerator.device
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        device_text = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        device_text = str(device)
+    n = accelerator.num_processes
+    return (
+        f"device {device_text}, {n} process{'es' if n > 1 else ''}, mixed precision {accelerator.mixed_precision}, "
+        f"weights {weight_dtype}"
+    )
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -55,13 +74,20 @@ class MetricsLog:
 
     A resumed run first cuts the file back to where its checkpoint was taken (``resume_at``), so each step
     appears once, and continues the wall clock from there.
+
+    ``trackers`` (``accelerate`` ``GeneralTracker`` objects, see ``reftkit.trackers``; anything with
+    ``log(values, step)`` and ``finish()``) get the same figures, tagged ``<stage>/<figure>``, at the same step.
+    A resumed run's trackers get the steps after its checkpoint again (TensorBoard shows both).
     """
 
-    def __init__(self, path: Path, start_time: float | None = None, resuming: bool = False) -> None:
+    def __init__(
+        self, path: Path, start_time: float | None = None, resuming: bool = False, trackers: Sequence[Any] = ()
+    ) -> None:
         self.path = path
         self.start = time.time() if start_time is None else start_time
         self._cut_at: int | None = 0 if resuming else None  # resuming with nothing finished: start afresh
         self.writes = is_main()  # under several processes the main one keeps the log
+        self.trackers = list(trackers) if self.writes else []
 
     def write(self, stage: str, step: int, **figures: Any) -> dict[str, Any]:
         if not self.writes:
@@ -74,7 +100,16 @@ class MetricsLog:
         record.update({k: _plain(v) for k, v in figures.items()})
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.trackers and (values := tracker_values(stage, {k: record[k] for k in figures})):
+            for tracker in self.trackers:
+                tracker.log(values, step=step)
         return record
+
+    def close(self) -> None:
+        """Finish the trackers (flush and close their files; end a W&B run); the log itself needs no closing."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.finish()
 
     def resume_at(self, size: int, wall: float) -> None:
         """Continue after the first ``size`` bytes (cut on the next write) and ``wall`` seconds of logged time."""

@@ -89,7 +89,7 @@ def test_a_model_that_fails_to_load_leaves_the_old_run_whole(
 ) -> None:
     out, before = old_run
 
-    def broken(path: str | Path, tokenizer: object) -> None:
+    def broken(path: str | Path, tokenizer: object, *dtype: object) -> None:
         assert Path(path).parent.parent.name.startswith(".run.new-")  # the new run's own base model, beside
         raise RuntimeError("model.safetensors: truncated")
 
@@ -99,7 +99,7 @@ def test_a_model_that_fails_to_load_leaves_the_old_run_whole(
     assert _tree(out) == before
     assert _leftovers(out) == []
 
-    def interrupted(path: str | Path, tokenizer: object) -> None:
+    def interrupted(path: str | Path, tokenizer: object, *dtype: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "load_causal_lm", interrupted)

@@ -57,6 +57,7 @@ def test_metrics_plots_and_report(micro_run):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| ReFT |" in report and "pytest micro" in report
+    assert not (out / "trackers").exists()  # no report_to, no tracker logs
 
 
 def test_same_seed_same_run(micro_run, tmp_path):

@@ -47,6 +47,16 @@ ROWS = [
     ([*RUN, "rm.enabled=true"], "rm.enabled: reranking needs sampled test chains; set sample.n"),
     ([*RUN, "checkpoint.keep_last=0"], "checkpoint.keep_last: must be > 0, got 0"),
     ([*RUN, "model.tiny.num_heads=5"], "model.tiny.hidden_size: must be a multiple of model.tiny.num_heads"),
+    ([*RUN, "report_to=[tensorbord]"], "report_to: 'tensorbord' is not one of tensorboard, wandb"),
+    ([*RUN, "model.dtype=half"], "model.dtype: 'half' is not one of float32, bfloat16, float16"),
+    ([*RUN, "model.dtype=float16", "mixed_precision=fp16"], "model.dtype: float16 weights cannot train under"),
+    # Hub ids that cannot be resolved (offline here, and in no cache)
+    (
+        [*RUN, "model.path=no-such-org/no-such-model"],
+        "model.path: no-such-org/no-such-model is no local folder, and the Hub id no-such-org/no-such-model could "
+        "not be resolved (HF_HUB_OFFLINE is set, and it is not in the local Hugging Face cache",
+    ),
+    (["eval", "--model", "no-such-org/no-such-model", "--preset", "micro"], "--model: no-such-org/no-such-model is no"),
     # overrides, presets, config files
     ([*RUN, "seed"], "override 'seed': write overrides as key=value"),
     (["run", "=3", "--out", "{tmp}/run"], "override '=3': write overrides as key=value"),
@@ -186,7 +196,10 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
 
 @pytest.mark.parametrize(("argv", "message"), ROWS, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(ROWS)])
 def test_bad_input_exits_2_with_one_line_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
     monkeypatch.delenv("REFTKIT_DATA_DIR", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # Hub ids: the same answer with a network
     _assert_fails_cleanly(argv, message, tmp_path, monkeypatch, capsys)
 
 

@@ -53,3 +53,54 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config("nope")
     with pytest.raises(ConfigError, match="no such file"):
         load_config("default", tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("report_to=[tensorboard]", ["tensorboard"]),
+        ("report_to=tensorboard", ["tensorboard"]),
+        ("report_to=tensorboard,wandb", ["tensorboard", "wandb"]),
+        ("report_to=[wandb, wandb]", ["wandb"]),
+        ("report_to=[]", []),
+        ("report_to=", []),
+    ],
+)
+def test_report_to_is_a_list_of_tracker_names(override, expected):
+    assert load_config("micro", None, [override]).report_to == expected
+    assert load_config("micro").report_to == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("report_to=[tensorbord]", "report_to: 'tensorbord' is not one of tensorboard, wandb, "),
+        ("report_to=3", "report_to: expected a list"),
+        ("model.dtype=fp16", "model.dtype: 'fp16' is not one of float32, bfloat16, float16"),
+    ],
+)
+def test_report_to_and_dtype_reject_unknown_names(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config("micro", None, [override])
+
+
+def test_float16_weights_refuse_fp16_autocast():
+    assert load_config("micro", None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"model\.dtype: float16 weights cannot train under mixed_precision=fp16"):
+        load_config("micro", None, ["model.dtype=float16", "mixed_precision=fp16"])
+
+
+def test_config_show_is_commented_yaml_of_the_same_config(tmp_path, capsys):
+    import yaml
+
+    from reftkit.cli import main
+
+    overrides = ["report_to=[tensorboard]", "model.dtype=bfloat16", "reft.lr=2e-5", "mixed_precision=no"]
+    assert main(["config", "show", "--preset", "micro", *overrides]) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text)["report_to"] == ["tensorboard"]
+    path = tmp_path / "shown.yaml"
+    path.write_text(text)
+    assert load_config(None, path) == load_config("micro", None, overrides)
+    assert "\n    # Rank of each adapter.\n    r: 8\n" in text  # each key's doc string above it, indented with it
+    assert "# Gradient accumulation: each batch of `batch_size` is back-propagated" in text

@@ -109,3 +109,20 @@ def test_separate_value_model_uses_its_own_trunk(tmp_path):
     assert any(p.grad is not None for p in policy.value_lm.parameters())
     policy.save(tmp_path / "ckpt", tokenizer)
     assert (tmp_path / "ckpt" / "value_model" / "config.json").is_file()
+
+
+def test_weight_dtype_reaches_the_policy_and_its_reference(tmp_path):
+    from reftkit.config import ModelConfig, ReFTConfig
+    from reftkit.models import load_trainable_lm, reference_model
+
+    path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
+    tokenizer = load_tokenizer(path)
+    assert {p.dtype for p in load_causal_lm(path, tokenizer).parameters()} == {torch.float32}  # the default
+    policy = load_trainable_lm(path, tokenizer, ModelConfig(dtype="bfloat16"), seed=0)
+    assert {p.dtype for p in policy.parameters()} == {torch.bfloat16}
+    same = reference_model(path, tokenizer, ReFTConfig(), policy, torch.device("cpu"))
+    assert {p.dtype for p in same.parameters()} == {torch.bfloat16}
+    on_cpu = reference_model(path, tokenizer, ReFTConfig(ref_device="cpu"), policy, torch.device("cpu"))
+    assert {p.dtype for p in on_cpu.parameters()} == {torch.float32}  # as documented for reft.ref_device=cpu
+    policy.save_pretrained(tmp_path / "saved")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").dtype == torch.bfloat16  # saved as trained
