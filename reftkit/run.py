@@ -47,7 +47,14 @@ from reftkit.tasks import load_task, require_training_data
 from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
 from reftkit.trackers import TRACKERS_DIR, open_trackers
 from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
-from reftkit.trainers.common import MetricsLog, device_line, make_accelerator, param_count, write_atomically
+from reftkit.trainers.common import (
+    MetricsLog,
+    device_line,
+    make_accelerator,
+    param_count,
+    step_plan,
+    write_atomically,
+)
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
@@ -382,7 +389,11 @@ def run_pipeline(
         "methods": methods,
         "wall_seconds": round(log.elapsed(), 1),
         "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
-        "epochs": {"warmup": warmup_epochs, "sft": max(sft.val_history) - warmup_epochs, "reft": config.reft.epochs},
+        "epochs": {
+            "warmup": warmup_epochs,
+            "sft": max(sft.val_history) - warmup_epochs,
+            "reft": _reft_epochs(config, data),
+        },
         "test_set": data.test_name,
         "extra_test_sets": list(data.extra_tests),
     }
@@ -578,6 +589,13 @@ ARM_NAMES = {
     "online_st": "online self-training",
     "reft": "ReFT",
 }
+
+
+def _reft_epochs(config: RunConfig, data: TaskData) -> float:
+    """Epochs over the training questions that ReFT / online self-training run: ``reft.epochs``, or fewer where
+    ``reft.max_steps`` stops them first (the default preset: 126 steps of 8 questions, half an epoch)."""
+    steps_per_epoch, total = step_plan(len(data.train), config.reft)
+    return round(total / steps_per_epoch, 3)
 
 
 def render_table(summary: dict[str, Any]) -> str:
