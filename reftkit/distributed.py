@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 def world() -> tuple[int, int]:
     """(this process's index, number of processes); (0, 1) outside ``accelerate launch``/``torchrun``."""
-    if not _launched():
+    if not launched():
         return 0, 1
     state = _state()
     return state.process_index, state.num_processes
@@ -36,7 +36,7 @@ def _state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
-def _launched() -> bool:
+def launched() -> bool:
     """Whether this process is one of several; read from the environment, so one process never starts a
     process group (and tests that build their own accelerators keep working)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from reftkit.config import TrainingError
-from reftkit.distributed import is_main
+from reftkit.distributed import is_main, launched
 from reftkit.evaluation import evaluate_greedy
 from reftkit.rollout import Batch, Responses, generate, left_pad
 from reftkit.trackers import tracker_values
@@ -39,6 +40,11 @@ def make_accelerator(mixed_precision: str, weight_dtype: str = "float32") -> Acc
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mixed_precision = "bf16" if _cpu_has_fast_bf16() else "no"
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")
+    if not launched() and earlier not in (None, mixed_precision):
+        # one process calling several commands in turn (the Python API, tests): accelerate keeps the first
+        # command's precision in a process-wide state and refuses another; each command sets its own
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     if (plugin := accelerator.state.deepspeed_plugin) is not None:
         # reftkit batches its own rows (no DataLoader), and DeepSpeed's prepare() wants a micro-batch size
