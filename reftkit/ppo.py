@@ -242,7 +242,7 @@ def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, aggregate: Aggregation
 # ----- critic-free advantages: one number per sample from its reward and its question's group -----------------
 
 
-def _group_means(scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _group_stats(scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per row: (sum of its group's scores, its group's size, the unbiased std of its group's scores)."""
     _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
     sums = torch.zeros(len(counts), dtype=torch.float64, device=scores.device).index_add_(0, inverse, scores.double())
@@ -254,19 +254,19 @@ def _group_means(scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 def _grpo(scores: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
     """(r - mean of its group) / (std of its group + eps): GRPO (Shao et al. 2024)."""
-    sums, counts, std = _group_means(scores, groups)
+    sums, counts, std = _group_stats(scores, groups)
     return ((scores.double() - sums / counts) / (std + eps)).float()
 
 
 def _rloo(scores: Tensor, groups: Tensor) -> Tensor:
     """r minus the mean of the other k-1 rewards of its question (Ahmadian et al. 2024)."""
-    sums, counts, _ = _group_means(scores, groups)
+    sums, counts, _ = _group_stats(scores, groups)
     return (scores.double() - (sums - scores.double()) / (counts - 1)).float()
 
 
 def _centred(scores: Tensor, groups: Tensor) -> Tensor:
     """r minus the mean of its group (REINFORCE with a group baseline; Dr. GRPO without the std)."""
-    sums, counts, _ = _group_means(scores, groups)
+    sums, counts, _ = _group_stats(scores, groups)
     return (scores.double() - sums / counts).float()
 
 

@@ -212,7 +212,6 @@ def make_experience(
     device = accelerator.device
     n_rows = len(scores)
     rows = owned(n_rows)
-    lengths = responses.mask.sum(1)
     input_ids = local_rows(torch.cat([batch.ids.to(device), responses.ids], dim=1), rows)
     attention_mask = local_rows(torch.cat([batch.mask.to(device), responses.mask.long()], dim=1), rows)
     responses = Responses(
@@ -238,7 +237,7 @@ def make_experience(
         sums = accelerator.reduce(ppo.masked_sums(advantages, mask), reduction="sum")
         advantages = ppo.whiten(advantages, mask, sums)
     return Experience(
-        input_ids, attention_mask, width, responses, rows, n_rows, local_rows(questions, rows), lengths,
+        input_ids, attention_mask, width, responses, rows, n_rows, local_rows(questions, rows), rollout.lengths,
         old_logp, old_values, ref_logp, advantages, returns,
     )  # fmt: skip
 
@@ -269,7 +268,7 @@ def ppo_update(
     for _ in range(cfg.ppo_epochs):
         for global_mb in torch.randperm(exp.n_rows).split(cfg.minibatch_size):
             mb, scale, n_sequences = _local_minibatch(global_mb, exp.rows)
-            shares = split_rows(mb.tolist(), cfg.grad_accum_steps) if cfg.grad_accum_steps > 1 else [mb]
+            shares = split_rows(mb.tolist(), cfg.grad_accum_steps)
             n_tokens = None
             if len(shares) > 1 or n_sequences is not None:  # each share divides by the minibatch's global counts
                 n_sequences = n_sequences or len(global_mb)

@@ -24,9 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from reftkit.answers import Outcome
 from reftkit.config import RunConfig
 from reftkit.models import load_trainable_lm, trainable_parameters
-from reftkit.rollout import encode_prompts
 from reftkit.sampling import Sample, by_question
-from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, prompt_text, target_text
+from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, target_text
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts
 from reftkit.trainers.sft import save_model, sft_loss_parts, tokenize_examples
 from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
@@ -85,16 +84,16 @@ def train_online_st(
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, as in ReFT
     gold = tokenize_examples(tokenizer, data.train, config.task.cot)  # type: ignore[arg-type]
-    prompts = encode_prompts(tokenizer, [prompt_text(p, config.task.cot) for p in data.train])  # type: ignore[arg-type]
     pad = tokenizer.pad_token_id
 
     def update(rollout: Rollout, step: int, guard: NonFiniteGuard) -> dict[str, Any]:
         lengths = rollout.lengths.long().tolist()
-        correct = [
-            (prompts[q] + rollout.responses.ids[j, : lengths[j]].tolist(), len(prompts[q]))
-            for j, (q, g) in enumerate(zip(rollout.questions.tolist(), rollout.graded, strict=True))
+        kept = [
+            j for j, g in enumerate(rollout.graded)
             if g.outcome == Outcome.CORRECT and not bool(rollout.responses.truncated[j])  # the EOS is in the target
-        ]
+        ]  # fmt: skip
+        prompts = {j: rollout.prompts.ids[j][rollout.prompts.mask[j].bool()].tolist() for j in kept}  # unpadded
+        correct = [(prompts[j] + rollout.responses.ids[j, : lengths[j]].tolist(), len(prompts[j])) for j in kept]
         questions = list(dict.fromkeys(rollout.questions.tolist()))
         losses = []
         with_gold = config.self_training.online_gold

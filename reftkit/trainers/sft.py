@@ -105,14 +105,6 @@ def sft_loss(
     )
 
 
-def batch_sft_loss(
-    model: torch.nn.Module, examples: list[tuple[list[int], int]], pad_id: int, accelerator: Accelerator
-) -> torch.Tensor:
-    """Token-mean cross-entropy of a global batch of (ids, prompt length) examples, in one part (see
-    ``sft_loss_parts``), for callers that want the loss itself rather than its accumulated gradient."""
-    return next(iter(sft_loss_parts(model, examples, pad_id, accelerator)))
-
-
 def sft_loss_parts(
     model: torch.nn.Module,
     examples: list[tuple[list[int], int]],

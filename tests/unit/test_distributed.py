@@ -78,11 +78,11 @@ def test_sft_loss_shares_average_to_the_one_process_loss(monkeypatch):
     examples = [([1, 2, 3, 4, 5], 2), ([1, 6, 7], 1), ([1, 2, 8, 9, 10, 3], 3)]
     accelerator = make_accelerator("auto")  # accelerator state is process-global: the one every test uses
     _as_process(monkeypatch, 0, 1)
-    whole = sft.batch_sft_loss(model, examples, 0, accelerator)
+    whole = next(sft.sft_loss_parts(model, examples, 0, accelerator))
     shares = []
     for rank in range(2):  # DDP averages the processes' gradients, so their losses average to the whole
         _as_process(monkeypatch, rank, 2)
-        shares.append(sft.batch_sft_loss(model, examples, 0, accelerator))
+        shares.append(next(sft.sft_loss_parts(model, examples, 0, accelerator)))
     torch.testing.assert_close((shares[0] + shares[1]) / 2, whole)
 
 
