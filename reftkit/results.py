@@ -269,6 +269,10 @@ PROTOCOL_ARM_NAMES = {
     "reft_rloo": "ReFT, RLOO",
     "reft_reinforce_baseline": "ReFT, REINFORCE + group baseline",
     "reft_dr_grpo": "ReFT, Dr. GRPO",
+    "reft_rloo_k2": "ReFT, RLOO k=2",
+    "reft_rloo_lr1e-4": "ReFT, RLOO lr 1e-4",
+    "reft_rloo_k2_lr1e-4": "ReFT, RLOO k=2, lr 1e-4",
+    "online_st_nogold_lr1e-4": "online self-training, no gold, lr 1e-4",
 }
 
 
@@ -341,7 +345,8 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     entry["config"] = protocol["config_text"]
     entry["preset"] = protocol.get("preset", "default")
     entry["commands"] = protocol["commands"]
-    entry["commits"] = sorted({protocol["commit"], *(seeds[s][a]["commit"] for s in done for a in arms)})
+    runners = protocol.get("commits", [protocol["commit"]])
+    entry["commits"] = sorted({*runners, *(seeds[s][a]["commit"] for s in done for a in arms)})
     entry["cpu_flags"] = protocol["cpu_flags"]
     entry["run_dirs"] = [str(folder / f"seed{s}") for s in done]
     return entry

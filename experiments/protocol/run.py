@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 K4 = ["reft.samples_per_question=4", "reft.questions_per_step=8", "reft.max_steps={group_steps}"]
+K2 = ["reft.samples_per_question=2", "reft.questions_per_step=16", "reft.max_steps={group_steps}"]
 ARMS: dict[str, tuple[str, list[str]]] = {
     "online_st": ("online-st", []),
     "online_st_nogold": ("online-st", ["self_training.online_gold=false"]),
@@ -33,9 +34,14 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_rloo": ("reft", ["reft.advantage=rloo", *K4]),
     "reft_reinforce_baseline": ("reft", ["reft.advantage=reinforce_baseline", *K4]),
     "reft_dr_grpo": ("reft", ["reft.advantage=dr_grpo", *K4]),
+    "reft_rloo_k2": ("reft", ["reft.advantage=rloo", *K2]),
+    "reft_rloo_lr1e-4": ("reft", ["reft.advantage=rloo", *K4, "reft.lr=1e-4"]),
+    "reft_rloo_k2_lr1e-4": ("reft", ["reft.advantage=rloo", *K2, "reft.lr=1e-4"]),
+    "online_st_nogold_lr1e-4": ("online-st", ["self_training.online_gold=false", "reft.lr=1e-4"]),
 }
 """Arm name -> (reftkit command, overrides over the protocol config). The group arms (k = 4 samples of 8 questions a
-step) stop after ``--group-steps`` steps: set it to the k = 1 arms' step count, so every arm samples as many chains."""
+step; k = 2: 16 questions) stop after ``--group-steps`` steps: set it to the k = 1 arms' step count, so every arm
+samples as many chains."""
 FILE_FLAGS = ("--config", "--preset")
 DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
 
@@ -97,6 +103,28 @@ def jobs_for(
     return jobs
 
 
+def merge_record(path: Path, record: dict) -> dict:
+    """A later runner on the same folder (more arms or seeds) adds to its ``protocol.json``, never replaces it: the
+    arms, seeds, commands and CPU flags are the union, ``commit`` stays the first runner's and ``commits`` lists
+    each runner's. A different config is refused: it would be another protocol."""
+    if not path.is_file():
+        return record | {"commits": [record["commit"]]}
+    old = json.loads(path.read_text())
+    if old["config_text"] != record["config_text"] or old.get("preset") != record["preset"]:
+        sys.exit(f"{path}: written for another config or preset; use another --out for this one")
+    return old | {
+        "seeds": sorted(set(old["seeds"]) | set(record["seeds"])),
+        "arms": _union(old["arms"], record["arms"]),
+        "commits": _union(old.get("commits", [old["commit"]]), [record["commit"]]),
+        "cpu_flags": _union(old["cpu_flags"], record["cpu_flags"]),
+        "commands": old["commands"] | record["commands"],
+    }
+
+
+def _union(first: list, second: list) -> list:
+    return list(dict.fromkeys([*first, *second]))
+
+
 def launch(job: Job) -> subprocess.Popen:
     argv = list(job.argv)
     if job.output is None and (job.folder / "config.yaml").is_file():  # started before: continue from its checkpoint
@@ -144,6 +172,7 @@ def main() -> int:
         "commit": commit, "cpu_flags": cpu, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commands": {job.name: "OMP_NUM_THREADS=1 reftkit " + " ".join(job.argv) for job in queue},
     }  # fmt: skip
+    record = merge_record(args.out / "protocol.json", record)
     (args.out / "protocol.json").write_text(json.dumps(record, indent=2) + "\n")
     running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
     pending = [job for job in queue if not job.done()]
