@@ -42,7 +42,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
 """Arm name -> (reftkit command, overrides over the protocol config). The group arms (k = 4 samples of 8 questions a
 step; k = 2: 16 questions) stop after ``--group-steps`` steps: set it to the k = 1 arms' step count, so every arm
 samples as many chains."""
-FILE_FLAGS = ("--config", "--preset")
+FILE_FLAGS = ("--config", "--preset", "--data-dir")  # config arguments: a resumed run keeps its own config.yaml
 DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
 
 
