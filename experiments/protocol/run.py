@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
 """Arm name -> (reftkit command, overrides over the protocol config). The group arms (k = 4 samples of 8 questions a
 step; k = 2: 16 questions) stop after ``--group-steps`` steps: set it to the k = 1 arms' step count, so every arm
 samples as many chains."""
+OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_0-9]+)*=")  # key=value config overrides
 FILE_FLAGS = ("--config", "--preset", "--data-dir")  # config arguments: a resumed run keeps its own config.yaml
 DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
 
@@ -125,11 +127,18 @@ def _union(first: list, second: list) -> list:
     return list(dict.fromkeys([*first, *second]))
 
 
+def resume_argv(argv: list[str]) -> list[str]:
+    """The command that continues a started job: no config arguments (files, ``--data-dir``, ``key=value``), since
+    ``reftkit --resume`` takes the run's own ``config.yaml`` and refuses arguments that differ from it."""
+    argv = [a for a in argv if not OVERRIDE.match(a)]
+    kept = [a for i, a in enumerate(argv) if a not in FILE_FLAGS and (i == 0 or argv[i - 1] not in FILE_FLAGS)]
+    return [*kept, "--resume"]
+
+
 def launch(job: Job) -> subprocess.Popen:
     argv = list(job.argv)
     if job.output is None and (job.folder / "config.yaml").is_file():  # started before: continue from its checkpoint
-        argv = [a for a in argv if not a.startswith("seed=")] + ["--resume"]  # the run's config.yaml rules
-        argv = [a for i, a in enumerate(argv) if a not in FILE_FLAGS and (i == 0 or argv[i - 1] not in FILE_FLAGS)]
+        argv = resume_argv(argv)
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_MININTERVAL": "30"}
     job.log.parent.mkdir(parents=True, exist_ok=True)
     with job.log.open("a") as fh:

@@ -1,0 +1,50 @@
+"""The protocol runner's bookkeeping: the command that resumes a started job, and protocol.json kept whole when a
+second runner adds arms to the same folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).parents[2] / "experiments" / "protocol" / "run.py"
+_spec = importlib.util.spec_from_file_location("protocol_runner", RUNNER)
+runner = importlib.util.module_from_spec(_spec)
+sys.modules["protocol_runner"] = runner  # its dataclasses look their module up
+_spec.loader.exec_module(runner)
+
+
+def test_resume_argv_drops_every_config_argument():
+    start = ["reft", "--model", "/r/warmup", "--out", "/r/seed0/reft_rloo"]
+    argv = [*start, "--preset", "default", "--config", "p.yaml", "seed=0", "--data-dir", "../shared/data",
+            "reft.advantage=rloo", "reft.lr=1e-4"]  # fmt: skip
+    assert runner.resume_argv(argv) == [*start, "--resume"]
+    sft = ["sft", "--out", "/r/a=b"]  # a path with '=' in it is no override
+    assert runner.resume_argv([*sft, "--config", "p.yaml"]) == [*sft, "--resume"]
+
+
+def _record(arms, seeds, commit, config="seed: 0\n"):
+    commands = {f"seed{s}/{a}": f"reftkit {a}" for s in seeds for a in arms}
+    return {"config_text": config, "preset": "default", "arms": arms, "seeds": seeds, "commit": commit,
+            "cpu_flags": ["avx2"], "commands": commands}  # fmt: skip
+
+
+def test_a_second_runner_adds_to_protocol_json(tmp_path):
+    path = tmp_path / "protocol.json"
+    first = runner.merge_record(path, _record(["reft_rloo", "online_st"], [0, 1, 2], "aaa"))
+    path.write_text(json.dumps(first))
+    merged = runner.merge_record(path, _record(["reft_rloo_k2", "reft_rloo"], [2, 3], "bbb"))
+    assert merged["arms"] == ["reft_rloo", "online_st", "reft_rloo_k2"]
+    assert merged["seeds"] == [0, 1, 2, 3]
+    assert merged["commit"] == "aaa" and merged["commits"] == ["aaa", "bbb"]
+    assert "seed0/online_st" in merged["commands"] and "seed3/reft_rloo_k2" in merged["commands"]
+
+
+def test_another_config_is_refused(tmp_path):
+    path = tmp_path / "protocol.json"
+    path.write_text(json.dumps(runner.merge_record(path, _record(["reft_rloo"], [0], "aaa"))))
+    with pytest.raises(SystemExit, match="another config"):
+        runner.merge_record(path, _record(["reft_rloo"], [0], "bbb", config="seed: 1\n"))
