@@ -5,14 +5,14 @@
 
 Both sides get the same model, the same prompts, the same number of samples and the same limits:
 
-- **Model**: a Llama built by ``reftkit.models.build_tiny`` with the ``default`` preset's ``model.tiny`` config
+- **Model**: a Llama built by ``reftkit.models.loading.build_tiny`` with the ``default`` preset's ``model.tiny`` config
   (1.9M parameters, BPE tokenizer trained on the synthetic task's training text, seed 0), randomly initialised
   and untrained; or ``--model DIR``, any HF causal LM directory. Either way it is loaded once through
   ``load_tokenizer`` / ``load_causal_lm`` (a pad token added where missing) and saved to a temporary folder that
   both sides load from, so TRL's reference model (built by TRL from the policy's path) is the same model.
   Weights are float32 on both sides, as reftkit keeps them.
 - **Prompts**: the first ``--questions`` training questions of the embedded ``synthetic`` task as P-CoT prompts
-  (``reftkit.tasks.base.prompt_text(problem, "python")``), encoded once with the tokenizer's own special tokens;
+  (``reftkit.data.base.prompt_text(problem, "python")``), encoded once with the tokenizer's own special tokens;
   TRL's ``_tokenize_prompts`` gives the same ids. Each is sampled ``--k`` times, so a batch is questions x k rows.
 - **Sampling**: temperature 1, no top-k / top-p (TRL: ``top_k=0, top_p=1.0``, ``min_p`` and
   ``repetition_penalty`` off), up to ``--max-new-tokens`` new tokens, stop at the tokenizer's EOS. reftkit
@@ -32,7 +32,7 @@ Both sides get the same model, the same prompts, the same number of samples and 
   TRL's generation before ``train()``, so it runs it inside ``trainer.accelerator.autocast()``, the same
   context. A forward hook on TRL's first attention projection records the dtype it actually computed in, and
   TRL's generation is timed a second time inside ``train()`` (the "in the PPO step" rows) as a cross-check.
-  reftkit's line names its decoder (``reftkit.fast_decode``: the lean Llama-family decoder here) and the dtype
+  reftkit's line names its decoder (``reftkit.rollout.lean``: the lean Llama-family decoder here) and the dtype
   of its matmuls; that decoder keeps the KV cache in float32 on a CPU (the bf16 values, attended in float32).
 
 (a) Rollout tokens/s. reftkit: ``reftkit.trainers.common.sample_policy`` (``rollout.generate`` with
@@ -66,7 +66,7 @@ core, a cross-check when other jobs share the machine.
   question), no logging, no saving. Each round's TRL generation starts from ``torch.manual_seed`` of the seed
   reftkit's round used, so the first round's samples are identical and later ones stay close (the two
   policies' weights drift apart only through their different updates). The reward function is
-  ``reftkit.answers.trl_reward_function`` (numeric, P-CoT, the same ``RewardTable`` and program timeout), so
+  ``reftkit.reward.answers.trl_reward_function`` (numeric, P-CoT, the same ``RewardTable`` and program timeout), so
   both sides grade with identical code. The first round is a warm-up (it also holds the trainer's set-up);
   a round's time runs from the end of the previous round's last optimizer step to the end of its own (a
   ``TrainerCallback``), so the dataloader and the trainer's own per-step work are included.
@@ -103,14 +103,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from reftkit.answers import RewardTable, grade_batch, trl_reward_function
-from reftkit.config import ConfigError, load_config
-from reftkit.fast_decode import HFDecoder, make_decoder
-from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
-from reftkit.rollout import decode_responses, encode_prompts
-from reftkit.sandbox import shutdown
-from reftkit.tasks import load_task
-from reftkit.tasks.base import prompt_text, target_text
+from reftkit.config.schema import ConfigError, load_config
+from reftkit.data.base import prompt_text, target_text
+from reftkit.data.registry import load_task
+from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
+from reftkit.reward.answers import RewardTable, grade_batch, trl_reward_function
+from reftkit.reward.sandbox import shutdown
+from reftkit.rollout.generate import decode_responses, encode_prompts
+from reftkit.rollout.lean import HFDecoder, make_decoder
 from reftkit.trainers.common import make_accelerator, param_count, sample_policy
 from reftkit.trainers.reft import make_experience, ppo_update
 from reftkit.trainers.stepwise import Rollout

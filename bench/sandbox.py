@@ -1,4 +1,4 @@
-"""Programs per second of reftkit.sandbox.run_programs against a reference-style executor, side by side.
+"""Programs per second of reftkit.reward.sandbox.run_programs against a reference-style executor, side by side.
 
     python bench/sandbox.py [--n 2000] [--timeout 1.0] [--loops 5]
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reftkit.sandbox import run_programs, shutdown
+from reftkit.reward.sandbox import run_programs, shutdown
 
 SVAMP = Path("/work/shared/data/svamp/train_python.json")
 

@@ -40,10 +40,10 @@ from rollout_vs_trl import (  # the same model, prompts and batch as that bench
     quiet,
 )
 
-from reftkit.models import load_causal_lm, load_tokenizer
-from reftkit.rollout import encode_prompts
-from reftkit.tasks import load_task
-from reftkit.tasks.base import prompt_text
+from reftkit.data.base import prompt_text
+from reftkit.data.registry import load_task
+from reftkit.models.loading import load_causal_lm, load_tokenizer
+from reftkit.rollout.generate import encode_prompts
 from reftkit.trainers.common import make_accelerator, sample_policy
 
 

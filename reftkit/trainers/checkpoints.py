@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from reftkit.model_import import file_digest
+from reftkit.models.gguf import file_digest
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, Selection, write_atomically
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from reftkit.config import CheckpointConfig
+    from reftkit.config.schema import CheckpointConfig
 
 R = TypeVar("R")
 RESUME_DIR = "resume"

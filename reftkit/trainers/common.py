@@ -16,18 +16,18 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from reftkit.config import TrainingError
-from reftkit.distributed import is_main, launched
-from reftkit.evaluation import evaluate_greedy
-from reftkit.rollout import Batch, Responses, generate, left_pad
-from reftkit.trackers import tracker_values
+from reftkit.config.schema import TrainingError
+from reftkit.evaluation.accuracy import evaluate_greedy
+from reftkit.rollout.generate import Batch, Responses, generate, left_pad
+from reftkit.runtime.distributed import is_main, launched
+from reftkit.runtime.trackers import tracker_values
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from reftkit.config import ReFTConfig, RunConfig
-    from reftkit.tasks.base import TaskData
-    from reftkit.vllm_rollout import VLLMRollout
+    from reftkit.config.schema import ReFTConfig, RunConfig
+    from reftkit.data.base import TaskData
+    from reftkit.rollout.vllm_engine import VLLMRollout
 
 
 def make_accelerator(mixed_precision: str, weight_dtype: str = "float32") -> Accelerator:
@@ -81,7 +81,7 @@ class MetricsLog:
     A resumed run first cuts the file back to where its checkpoint was taken (``resume_at``), so each step
     appears once, and continues the wall clock from there.
 
-    ``trackers`` (``accelerate`` ``GeneralTracker`` objects, see ``reftkit.trackers``; anything with
+    ``trackers`` (``accelerate`` ``GeneralTracker`` objects, see ``reftkit.runtime.trackers``; anything with
     ``log(values, step)`` and ``finish()``) get the same figures, tagged ``<stage>/<figure>``, at the same step.
     A resumed run's trackers get the steps after its checkpoint again (TensorBoard shows both).
     """
@@ -312,10 +312,10 @@ def split_rows(rows: list[Any], parts: int) -> list[list[Any]]:
 
 def rollout_engine(cfg: ReFTConfig, model_dir: Path) -> VLLMRollout | None:
     """The vLLM engine for ``reft.rollout_backend=vllm``, started from ``model_dir``; else None (rollouts decode
-    in this process with ``reftkit.rollout.generate``)."""
+    in this process with ``reftkit.rollout.generate.generate``)."""
     if cfg.rollout_backend != "vllm":
         return None
-    from reftkit.vllm_rollout import VLLMRollout
+    from reftkit.rollout.vllm_engine import VLLMRollout
 
     return VLLMRollout(model_dir, cfg)
 

@@ -6,8 +6,8 @@ One step: sample k CoTs for a batch of training questions, grade them, score the
 action and runs GAE against the value head, whitened globally; the critic-free estimators (GRPO, RLOO, ...)
 give every token of a sample one advantage from the rewards of its question's k samples. Then
 ``ppo_epochs`` passes of the clipped policy loss (+ value loss, + k3 KL loss, + gold CE, as configured) over
-shuffled minibatches. The maths lives in ``reftkit.ppo``; log-probs are those of the distribution sampled
-from (``reftkit.rollout.warp_logits``).
+shuffled minibatches. The maths lives in ``reftkit.rl.ppo``; log-probs are those of the distribution sampled
+from (``reftkit.rollout.generate.warp_logits``).
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit import ppo
-from reftkit.answers import frac_correct_chain_disagrees
-from reftkit.config import ReFTConfig, RunConfig
-from reftkit.distributed import local_rows, owned, world
-from reftkit.models import (
+from reftkit.config.schema import ReFTConfig, RunConfig
+from reftkit.data.base import TaskData
+from reftkit.models.loading import (
     PolicyWithValue,
     load_trainable_lm,
     position_ids_from_mask,
     reference_model,
     trainable_parameters,
 )
-from reftkit.rollout import Responses, warp_logits
-from reftkit.tasks.base import TaskData
+from reftkit.reward.answers import frac_correct_chain_disagrees
+from reftkit.rl import ppo
+from reftkit.rollout.generate import Responses, warp_logits
+from reftkit.runtime.distributed import local_rows, owned, world
 from reftkit.trainers.common import (
     MetricsLog,
     NonFiniteGuard,
@@ -63,9 +63,9 @@ class GoldChains:
 
 @dataclass
 class Experience:
-    """One step's rollouts, scored; per-token tensors are response-aligned [N, R] (see ``reftkit.ppo``).
+    """One step's rollouts, scored; per-token tensors are response-aligned [N, R] (see ``reftkit.rl.ppo``).
 
-    Under several processes each holds the rows ``rows`` of the step's ``n_rows`` (``reftkit.distributed``).
+    Under several processes each holds the rows ``rows`` of the step's ``n_rows`` (``reftkit.runtime.distributed``).
     """
 
     input_ids: torch.Tensor  # [N, P + R] prompt (left-padded) then response (right-padded)

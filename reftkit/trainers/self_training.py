@@ -21,11 +21,11 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
-from reftkit.answers import Outcome
-from reftkit.config import RunConfig
-from reftkit.models import load_trainable_lm, trainable_parameters
-from reftkit.sampling import Sample, by_question
-from reftkit.tasks.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, target_text
+from reftkit.config.schema import RunConfig
+from reftkit.data.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, target_text
+from reftkit.evaluation.sampling import Sample, by_question
+from reftkit.models.loading import load_trainable_lm, trainable_parameters
+from reftkit.reward.answers import Outcome
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts
 from reftkit.trainers.sft import save_model, sft_loss_parts, tokenize_examples
 from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage

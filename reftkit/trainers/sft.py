@@ -17,12 +17,12 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from reftkit.config import RunConfig
-from reftkit.distributed import owned, world
-from reftkit.evaluation import evaluate_greedy
-from reftkit.models import position_ids_from_mask, prepare_for_training, save_lm, trainable_parameters
-from reftkit.rollout import encode_prompts
-from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text, target_text
+from reftkit.config.schema import RunConfig
+from reftkit.data.base import CoT, Problem, TaskData, prompt_text, target_text
+from reftkit.evaluation.accuracy import evaluate_greedy
+from reftkit.models.loading import position_ids_from_mask, prepare_for_training, save_lm, trainable_parameters
+from reftkit.rollout.generate import encode_prompts
+from reftkit.runtime.distributed import owned, world
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,

@@ -20,10 +20,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.answers import Graded, RewardTable, grade_batch, outcome_counts
-from reftkit.config import RunConfig
-from reftkit.rollout import Batch, Responses, decode_responses, encode_prompts
-from reftkit.tasks.base import CoT, Problem, TaskData, prompt_text
+from reftkit.config.schema import RunConfig
+from reftkit.data.base import CoT, Problem, TaskData, prompt_text
+from reftkit.reward.answers import Graded, RewardTable, grade_batch, outcome_counts
+from reftkit.rollout.generate import Batch, Responses, decode_responses, encode_prompts
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reftkit.cli import main
+from reftkit.cli.main import main
 
 pytestmark = pytest.mark.integration
 

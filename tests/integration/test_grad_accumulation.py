@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 import reftkit.trainers.stepwise as stepwise
-from reftkit.answers import Graded, Outcome
-from reftkit.cli import main
-from reftkit.config import RewardModelConfig
-from reftkit.reward_model import rm_examples, train_reward_model
-from reftkit.sampling import Sample
-from reftkit.tasks.base import Problem
+from reftkit.cli.main import main
+from reftkit.config.schema import RewardModelConfig
+from reftkit.data.base import Problem
+from reftkit.evaluation.sampling import Sample
+from reftkit.reward.answers import Graded, Outcome
 from reftkit.trainers.common import MetricsLog, make_accelerator
+from reftkit.trainers.reward_model import rm_examples, train_reward_model
 
 pytestmark = pytest.mark.integration
 FP32 = ["--preset", "micro", "mixed_precision=no"]

@@ -5,12 +5,12 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from reftkit.cli import main
-from reftkit.config import load_config
-from reftkit.run import run_pipeline
-from reftkit.sampling import Sample, read_samples, write_samples
-from reftkit.tasks import load_task
-from reftkit.tasks.base import target_text
+from reftkit.cli.main import main
+from reftkit.config.schema import load_config
+from reftkit.data.base import target_text
+from reftkit.data.registry import load_task
+from reftkit.evaluation.sampling import Sample, read_samples, write_samples
+from reftkit.pipeline import run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -59,7 +59,7 @@ def test_ctrl_c_exits_130_with_the_resume_command_which_finishes_the_run(tmp_pat
 def test_ctrl_c_before_the_run_folder_exists_says_to_start_again(tmp_path):
     from argparse import Namespace
 
-    from reftkit.cli import _how_to_continue
+    from reftkit.cli.main import _how_to_continue
 
     args = Namespace(command="reft", out=tmp_path / "run", model="warm up")
     assert _how_to_continue(args) == f"{tmp_path / 'run'} holds no run yet; run the command again"

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import reftkit.trainers.stepwise as stepwise
-from reftkit.answers import Graded, Outcome
-from reftkit.config import load_config
-from reftkit.run import run_pipeline
+from reftkit.config.schema import load_config
+from reftkit.pipeline import run_pipeline
+from reftkit.reward.answers import Graded, Outcome
 from reftkit.trainers.checkpoints import StageCheckpoints
 
 pytestmark = pytest.mark.integration

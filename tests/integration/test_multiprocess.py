@@ -3,7 +3,7 @@ compute what one process computes at the same global batch.
 
 The task is made to be learnable by the micro model in seconds (single-digit additions with one-line
 programs), so PPO sees real, varied rewards. In float32 the two processes draw exactly the samples one
-process draws (``reftkit.rollout._pick``), so every count (rewards, outcomes, lengths, accuracies) must be
+process draws (``reftkit.rollout.generate._pick``), so every count (rewards, outcomes, lengths, accuracies) must be
 equal; the losses and gradient norms differ only by summation order (measured: at most 1.5e-4 relative
 for the SFT loss and 3e-3 for its gradient norm over 105 steps at lr 5e-3; 4e-5 for the PPO gradient norm).
 Tolerances below: 1e-3 relative on SFT losses, 2e-2 on gradient norms, 1e-2 relative + 1e-3 absolute on the

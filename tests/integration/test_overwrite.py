@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from reftkit import run as pipeline
-from reftkit.cli import main
+from reftkit import pipeline
+from reftkit.cli.main import main
 
 pytestmark = pytest.mark.integration
 

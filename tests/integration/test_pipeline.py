@@ -5,8 +5,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from reftkit.config import load_config
-from reftkit.run import run_pipeline
+from reftkit.config.schema import load_config
+from reftkit.pipeline import run_pipeline
 
 pytestmark = pytest.mark.integration
 

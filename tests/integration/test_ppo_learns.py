@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import reftkit.trainers.stepwise as stepwise
-from reftkit import ppo
-from reftkit.answers import Graded, Outcome
-from reftkit.config import load_config
-from reftkit.run import run_pipeline
+from reftkit.config.schema import load_config
+from reftkit.pipeline import run_pipeline
+from reftkit.reward.answers import Graded, Outcome
+from reftkit.rl import ppo
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reftkit.cli import main
+from reftkit.cli.main import main
 
 pytestmark = pytest.mark.integration
 RUNNER = Path(__file__).parents[2] / "experiments" / "protocol" / "run.py"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from reftkit.cli import main
-from reftkit.config import load_config
-from reftkit.models import build_tiny
-from reftkit.tasks import load_task
-from reftkit.tasks.base import prompt_text, target_text
+from reftkit.cli.main import main
+from reftkit.config.schema import load_config
+from reftkit.data.base import prompt_text, target_text
+from reftkit.data.registry import load_task
+from reftkit.models.loading import build_tiny
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,10 +5,10 @@ import statistics
 
 import pytest
 
-from reftkit.cli import main
-from reftkit.config import ConfigError, load_config
-from reftkit.results import aggregate, mean_std
-from reftkit.run import run_pipeline
+from reftkit.cli.main import main
+from reftkit.config.schema import ConfigError, load_config
+from reftkit.evaluation.results import aggregate, mean_std
+from reftkit.pipeline import run_pipeline
 
 pytestmark = pytest.mark.integration
 

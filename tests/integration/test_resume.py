@@ -35,7 +35,7 @@ def write_manifest(folder):
             os.kill(os.getpid(), signal.SIGKILL)
     real(folder)
 checkpoints.write_manifest = write_manifest
-from reftkit.cli import main
+from reftkit.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

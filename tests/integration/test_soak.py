@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from reftkit.config import load_config
-from reftkit.models import build_tiny, load_tokenizer
-from reftkit.tasks import load_task
-from reftkit.tasks.base import prompt_text, target_text
+from reftkit.config.schema import load_config
+from reftkit.data.base import prompt_text, target_text
+from reftkit.data.registry import load_task
+from reftkit.models.loading import build_tiny, load_tokenizer
 from reftkit.trainers.common import MetricsLog, make_accelerator
 from reftkit.trainers.reft import train_reft
 

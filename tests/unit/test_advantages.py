@@ -1,5 +1,5 @@
 """Hand-computed values for the critic-free advantage estimators, the loss aggregations and the k3 KL loss
-(reftkit.ppo); the arithmetic is in the comments."""
+(reftkit.rl.ppo); the arithmetic is in the comments."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from reftkit.config import ConfigError, load_config
-from reftkit.ppo import (
+from reftkit.config.schema import ConfigError, load_config
+from reftkit.rl.ppo import (
     ESTIMATORS,
     Aggregation,
     critic_free_advantages,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import reftkit.answers as answers
-from reftkit.answers import (
+import reftkit.reward.answers as answers
+from reftkit.data.base import ANSWER_TRIGGER, Problem
+from reftkit.reward.answers import (
     Graded,
     Outcome,
     RewardTable,
@@ -29,7 +30,6 @@ from reftkit.answers import (
     parse_options,
     trl_reward_function,
 )
-from reftkit.tasks.base import ANSWER_TRIGGER, Problem
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared datasets) is not present")

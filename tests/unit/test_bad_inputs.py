@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from reftkit.cli import check_out_file, main
-from reftkit.config import ConfigError, dump_yaml, load_config
-from reftkit.data_commands import validate_file
-from reftkit.models import VALUE_HEAD_FILE, check_model_dir
+from reftkit.cli.data import validate_file
+from reftkit.cli.main import check_out_file, main
+from reftkit.config.schema import ConfigError, dump_yaml, load_config
+from reftkit.models.loading import VALUE_HEAD_FILE, check_model_dir
 
 RUN = ["run", "--out", "{tmp}/run", "--preset", "micro"]
 SFT = ["sft", "--out", "{tmp}/run", "--preset", "micro"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from reftkit.config import CheckpointConfig, TrainingError
+from reftkit.config.schema import CheckpointConfig, TrainingError
 from reftkit.trainers.checkpoints import StageCheckpoints, rng_state, set_rng_state
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, make_accelerator
 

@@ -1,6 +1,6 @@
 import pytest
 
-from reftkit.config import ConfigError, RunConfig, dump_yaml, load_config, preset_names
+from reftkit.config.schema import ConfigError, RunConfig, dump_yaml, load_config, preset_names
 
 
 def test_defaults_and_presets_load():
@@ -93,7 +93,7 @@ def test_float16_weights_refuse_fp16_autocast():
 def test_config_show_is_commented_yaml_of_the_same_config(tmp_path, capsys):
     import yaml
 
-    from reftkit.cli import main
+    from reftkit.cli.main import main
 
     overrides = ["report_to=[tensorboard]", "model.dtype=bfloat16", "reft.lr=2e-5", "mixed_precision=no"]
     assert main(["config", "show", "--preset", "micro", *overrides]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reftkit.cli import main
+from reftkit.cli.main import main
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared datasets) is not present")

@@ -1,4 +1,4 @@
-"""The pieces that let several processes compute what one process computes (reftkit.distributed): sampling
+"""The pieces that let several processes compute what one process computes (reftkit.runtime.distributed): sampling
 that does not depend on how a batch is split, minibatch and loss shares that add up to the whole."""
 
 from __future__ import annotations
@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reftkit import distributed, launch, ppo
-from reftkit.rollout import _pick
+from reftkit.cli import launch
+from reftkit.rl import ppo
+from reftkit.rollout.generate import _pick
+from reftkit.runtime import distributed
 from reftkit.trainers import reft, sft
 from reftkit.trainers.common import make_accelerator
 

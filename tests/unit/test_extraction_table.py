@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from reftkit.answers import RewardTable, grade
+from reftkit.reward.answers import RewardTable, grade
 
 T = "\nTherefore, the answer is: "  # ANSWER_TRIGGER
 NUMERIC_QUESTION = "Tom has 3 apples and doubles them. How many apples does he have?"

@@ -15,9 +15,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from reftkit.fast_decode import HFDecoder, LeanDecoder, lean_unsupported, make_decoder
-from reftkit.rollout import generate, left_pad
-from reftkit.vllm_rollout import responses_from_outputs, vllm_unavailable
+from reftkit.rollout.generate import generate, left_pad
+from reftkit.rollout.lean import HFDecoder, LeanDecoder, lean_unsupported, make_decoder
+from reftkit.rollout.vllm_engine import responses_from_outputs, vllm_unavailable
 
 PAD, NEVER = 0, 10_000  # NEVER: an EOS id outside the vocabulary, so no row ends
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -132,7 +132,8 @@ def test_dropping_finished_rows_changes_no_sample(monkeypatch, decoder):
     runs, kept = {}, {True: [], False: []}
     for can_drop in (True, False):
         monkeypatch.setattr(
-            "reftkit.rollout.make_decoder", lambda mod, name, c=can_drop: Recorded(make_decoder(mod, name), c, kept[c])
+            "reftkit.rollout.generate.make_decoder",
+            lambda mod, name, c=can_drop: Recorded(make_decoder(mod, name), c, kept[c]),
         )
         runs[can_drop] = generate(m, left_pad(PROMPTS, PAD), 40, eos, PAD, generator=torch.Generator().manual_seed(5),
                                   num_samples=4, return_logprobs=True, decoder=decoder)  # fmt: skip
@@ -180,8 +181,8 @@ def test_vllm_outputs_become_right_padded_responses():
 
 @pytest.mark.skipif(vllm_unavailable() is None, reason="vLLM and a CUDA GPU are present")
 def test_vllm_backend_refuses_clearly_where_it_cannot_run(tmp_path):
-    from reftkit.config import ConfigError, ReFTConfig
-    from reftkit.vllm_rollout import VLLMRollout
+    from reftkit.config.schema import ConfigError, ReFTConfig
+    from reftkit.rollout.vllm_engine import VLLMRollout
 
     with pytest.raises(ConfigError, match="rollout_backend=vllm"):
         VLLMRollout(tmp_path, ReFTConfig(rollout_backend="vllm"))
@@ -189,8 +190,8 @@ def test_vllm_backend_refuses_clearly_where_it_cannot_run(tmp_path):
 
 @pytest.mark.skipif(vllm_unavailable() is not None, reason=f"vLLM backend unavailable: {vllm_unavailable()}")
 def test_vllm_backend_samples_the_synced_policy(tmp_path):
-    from reftkit.config import ReFTConfig
-    from reftkit.vllm_rollout import VLLMRollout
+    from reftkit.config.schema import ReFTConfig
+    from reftkit.rollout.vllm_engine import VLLMRollout
 
     m = model("llama").cuda()
     m.save_pretrained(tmp_path)

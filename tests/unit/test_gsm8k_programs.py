@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reftkit.sandbox import ProgramResult
-from reftkit.tasks import gsm8k_programs
-from reftkit.tasks.gsm8k_programs import (
+from reftkit.data import gsm8k_programs
+from reftkit.data.gsm8k_programs import (
     CLASSES,
     EXEC_ERROR,
     NO_ANNOTATION,
@@ -28,6 +27,7 @@ from reftkit.tasks.gsm8k_programs import (
     normalise_expression,
     verify,
 )
+from reftkit.reward.sandbox import ProgramResult
 
 TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
 

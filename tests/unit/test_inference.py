@@ -5,7 +5,7 @@ from itertools import combinations
 
 import pytest
 
-from reftkit.evaluation import (
+from reftkit.evaluation.accuracy import (
     inference_curves,
     ks_up_to,
     majority_vote,
@@ -13,7 +13,7 @@ from reftkit.evaluation import (
     rerank_pick,
     vote_is_correct,
 )
-from reftkit.sampling import Sample
+from reftkit.evaluation.sampling import Sample
 
 
 def sample(qid: str, i: int, answer, outcome: str, score: float | None = None) -> Sample:

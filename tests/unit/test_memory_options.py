@@ -7,8 +7,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
-from reftkit.config import ConfigError, LoraConfig, ModelConfig, ReFTConfig, TinyModelConfig, dump_yaml, load_config
-from reftkit.models import (
+from reftkit.config.schema import (
+    ConfigError,
+    LoraConfig,
+    ModelConfig,
+    ReFTConfig,
+    TinyModelConfig,
+    dump_yaml,
+    load_config,
+)
+from reftkit.models.loading import (
     PolicyWithValue,
     build_tiny,
     decoder_layers,
@@ -20,7 +28,7 @@ from reftkit.models import (
     reference_model,
     trainable_parameters,
 )
-from reftkit.rollout import encode_prompts, generate, left_pad
+from reftkit.rollout.generate import encode_prompts, generate, left_pad
 from reftkit.trainers.common import make_accelerator
 
 SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from reftkit import cli
-from reftkit.model_import import PROVENANCE_FILE, ModelImportError, find_packaged_gguf, import_gguf
-from reftkit.models import load_causal_lm, load_tokenizer, train_tokenizer
+import reftkit.cli.main as cli
+from reftkit.models.gguf import PROVENANCE_FILE, ModelImportError, find_packaged_gguf, import_gguf
+from reftkit.models.loading import load_causal_lm, load_tokenizer, train_tokenizer
 
 gguf = pytest.importorskip("gguf")
 
@@ -162,7 +162,7 @@ def test_overwrite_replaces_and_refusal_keeps_the_old_directory(tmp_path, tied_g
 
 
 def test_failed_verification_leaves_nothing_behind(tmp_path, tied_gguf, monkeypatch):
-    from reftkit import model_import
+    from reftkit.models import gguf as model_import
 
     def broken(*args):
         raise ModelImportError("logits differ")

@@ -12,9 +12,9 @@ from transformers import (
     Qwen2Config,
 )
 
-from reftkit.config import TinyModelConfig
-from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
-from reftkit.rollout import encode_prompts, generate, left_pad
+from reftkit.config.schema import TinyModelConfig
+from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
+from reftkit.rollout.generate import encode_prompts, generate, left_pad
 
 SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
 TEXTS = ["Question:\nTom has 5 apples. He buys 3 more.\nAnswer reasoning:\n    a = 5\n    return a + 3"] * 20
@@ -112,8 +112,8 @@ def test_separate_value_model_uses_its_own_trunk(tmp_path):
 
 
 def test_weight_dtype_reaches_the_policy_and_its_reference(tmp_path):
-    from reftkit.config import ModelConfig, ReFTConfig
-    from reftkit.models import load_trainable_lm, reference_model
+    from reftkit.config.schema import ModelConfig, ReFTConfig
+    from reftkit.models.loading import load_trainable_lm, reference_model
 
     path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
     tokenizer = load_tokenizer(path)

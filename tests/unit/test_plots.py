@@ -1,6 +1,6 @@
 import json
 
-from reftkit.plots import FIGURES, plot_run, rolling_mean
+from reftkit.evaluation.plots import FIGURES, plot_run, rolling_mean
 
 
 def test_rolling_mean_uses_what_is_there_at_the_start():

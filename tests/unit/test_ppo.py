@@ -1,4 +1,4 @@
-"""Hand-checked golden values for reftkit.ppo; the arithmetic is in the comments."""
+"""Hand-checked golden values for reftkit.rl.ppo; the arithmetic is in the comments."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from reftkit.ppo import (
+from reftkit.rl.ppo import (
     explained_variance,
     gae,
     kl_penalty,

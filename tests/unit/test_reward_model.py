@@ -6,18 +6,18 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from reftkit.config import ConfigError, RewardModelConfig, TinyModelConfig
-from reftkit.models import build_tiny, load_tokenizer
-from reftkit.reward_model import (
+from reftkit.config.schema import ConfigError, RewardModelConfig, TinyModelConfig
+from reftkit.data.base import Problem, prompt_text
+from reftkit.evaluation.sampling import Sample
+from reftkit.models.loading import build_tiny, load_tokenizer
+from reftkit.trainers.common import MetricsLog, make_accelerator
+from reftkit.trainers.reward_model import (
     encode_texts,
     load_reward_model,
     rm_examples,
     score_samples,
     train_reward_model,
 )
-from reftkit.sampling import Sample
-from reftkit.tasks.base import Problem, prompt_text
-from reftkit.trainers.common import MetricsLog, make_accelerator
 
 PROBLEMS = {f"q{i}": Problem(f"q{i}", f"Tom has {i} apples. He buys {i + 2} more.", str(2 * i + 2)) for i in range(4)}
 SMALL = TinyModelConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from reftkit.models import PolicyWithValue, position_ids_from_mask
-from reftkit.rollout import Responses, generate, left_pad
+from reftkit.models.loading import PolicyWithValue, position_ids_from_mask
+from reftkit.rollout.generate import Responses, generate, left_pad
 from reftkit.trainers.reft import score
 
 PAD, EOS = 0, 2

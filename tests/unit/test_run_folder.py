@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reftkit import run as pipeline
-from reftkit.config import ConfigError
-from reftkit.run import RunFolder, clean_leftovers, prepare_run_dir, swap_into_place
+from reftkit import pipeline
+from reftkit.config.schema import ConfigError
+from reftkit.pipeline import RunFolder, clean_leftovers, prepare_run_dir, swap_into_place
 
 
 def _run(folder: Path, marker: str) -> Path:

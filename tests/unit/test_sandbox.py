@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from reftkit.sandbox import ProgramResult, run_programs
+from reftkit.reward.sandbox import ProgramResult, run_programs
 
 
 def program(*body: str) -> str:

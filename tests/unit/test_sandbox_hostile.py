@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reftkit import sandbox
-from reftkit.sandbox import run_programs
+from reftkit.reward import sandbox
+from reftkit.reward.sandbox import run_programs
 
 TIMEOUT = 1.0
 SECRET = "reftkit-canary-secret-5f1c"

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from reftkit.config import ConfigError
-from reftkit.sampling import Sample, read_samples, write_samples
-from reftkit.tasks.base import ANSWER_TRIGGER, Problem, program_header, target_text
+from reftkit.config.schema import ConfigError
+from reftkit.data.base import ANSWER_TRIGGER, Problem, program_header, target_text
+from reftkit.evaluation.sampling import Sample, read_samples, write_samples
 from reftkit.trainers.self_training import chain_from_completion, offline_st_problems
 
 GOLD_PROGRAM = (

@@ -2,7 +2,7 @@
 
 import torch
 
-from reftkit.config import ReFTConfig
+from reftkit.config.schema import ReFTConfig
 from reftkit.trainers.common import question_batches
 from reftkit.trainers.sft import epoch_batches, shuffled_batches
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from reftkit.tasks.base import program_header, split_program, target_text
-from reftkit.tasks.synthetic import (
+from reftkit.data.base import program_header, split_program, target_text
+from reftkit.data.synthetic import (
     STORIES,
     cot_variants,
     generate,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reftkit.config import ConfigError, TaskConfig
-from reftkit.tasks import load_task, require_training_data
-from reftkit.tasks.base import ANSWER_TRIGGER, Problem, program_header, target_text
-from reftkit.tasks.records import DataError, Fields, canonical_answer, carve_validation, locate_rows, problems_from
+from reftkit.config.schema import ConfigError, TaskConfig
+from reftkit.data.base import ANSWER_TRIGGER, Problem, program_header, target_text
+from reftkit.data.records import DataError, Fields, canonical_answer, carve_validation, locate_rows, problems_from
+from reftkit.data.registry import load_task, require_training_data
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared datasets) is not present")

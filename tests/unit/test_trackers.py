@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from reftkit.cli import main
-from reftkit.config import ConfigError
-from reftkit.trackers import check_trackers, open_trackers, tracker_values
+from reftkit.cli.main import main
+from reftkit.config.schema import ConfigError
+from reftkit.runtime.trackers import check_trackers, open_trackers, tracker_values
 from reftkit.trainers.common import MetricsLog
 
 

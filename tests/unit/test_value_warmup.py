@@ -6,10 +6,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from reftkit import ppo
-from reftkit.config import TinyModelConfig, load_config
-from reftkit.models import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
-from reftkit.rollout import encode_prompts, generate, left_pad
+from reftkit.config.schema import TinyModelConfig, load_config
+from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
+from reftkit.rl import ppo
+from reftkit.rollout.generate import encode_prompts, generate, left_pad
 from reftkit.trainers.reft import make_experience, ppo_update
 from reftkit.trainers.stepwise import Rollout
 

@@ -1,4 +1,4 @@
-"""``reftkit`` command line: argument parsing and wiring only; the work is in ``reftkit.run``."""
+"""``reftkit`` command line: argument parsing and wiring only; the work is in ``reftkit.pipeline``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from reftkit.config import (
+from reftkit.cli.launch import cpu_relaunch
+from reftkit.config.schema import (
     ConfigError,
     RunConfig,
     TrainingError,
@@ -20,8 +21,7 @@ from reftkit.config import (
     preset_names,
     resumed_config,
 )
-from reftkit.launch import cpu_relaunch
-from reftkit.tasks import check_task, task_info
+from reftkit.data.registry import check_task, task_info
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":  # no run config involved
             return _model_command(args)
         if args.command == "results":
-            from reftkit.results import aggregate
+            from reftkit.evaluation.results import aggregate
 
             for entry in aggregate(args.experiments, args.docs, args.ablations):
                 print(f"{entry['experiment']}: {len(entry['seeds'])} seeds")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             explicit = bool(args.config or _overrides(args) or args.preset != "default")
             config = resumed_config(args.out, config, explicit)
         if several:  # every process checks the inputs before the main one creates the run folder
-            from reftkit.distributed import barrier
+            from reftkit.runtime.distributed import barrier
 
             barrier()
             check_inputs(args, config)
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":  # config show: the YAML loads back as this config (--config FILE)
             print(dump_yaml_with_docs(config), end="")
             return 0
-        from reftkit import run as pipeline  # heavy imports only after the arguments are known to be good
+        from reftkit import pipeline  # heavy imports only after the arguments are known to be good
 
         command = pipeline.command_line(argv)
         if args.command == "run":
@@ -354,7 +354,7 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
     if command in ("run", "sft", "reft", "online-st", "rm"):  # --out is a folder (sample's is a file, written whole)
         check_out_dir(args.out, args.overwrite, getattr(args, "resume", False), resumable=command != "rm")
         if config.report_to:
-            from reftkit.trackers import check_trackers
+            from reftkit.runtime.trackers import check_trackers
 
             check_trackers(config.report_to)
     run_folder = command in ("run", "sft", "reft", "online-st")
@@ -381,7 +381,7 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
     if command == "run" or (command == "sft" and not args.model):
         model_dirs["model.path"] = config.model.path
     if any(model_dirs.values()):
-        from reftkit.models import check_model_dir  # transformers: only for commands that load a model anyway
+        from reftkit.models.loading import check_model_dir  # transformers: only for commands that load a model anyway
 
         for field, path in model_dirs.items():
             if path and replaced is not None and _inside(Path(path), replaced):
@@ -410,7 +410,7 @@ def check_out_file(flag: str, path: Path, overwrite: bool, also: Path | None = N
 
 
 def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
-    from reftkit import data_commands
+    from reftkit.cli import data as data_commands
 
     task = config.task
     if args.data_command == "list":
@@ -435,7 +435,7 @@ def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
 
 def _model_command(args: argparse.Namespace) -> int:
     """``model import``: its errors are ModelImportError, a ConfigError, so ``main`` reports them in one line."""
-    from reftkit.model_import import PROVENANCE_FILE, find_packaged_gguf, import_gguf
+    from reftkit.models.gguf import PROVENANCE_FILE, find_packaged_gguf, import_gguf
 
     source = Path(args.gguf) if args.gguf else find_packaged_gguf(args.package)
     out = import_gguf(source, args.out, args.overwrite)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reftkit.config import ConfigError
+from reftkit.config.schema import ConfigError
 
 PROJECT = "reftkit"
 TRACKERS_DIR = "trackers"
@@ -49,7 +49,7 @@ def open_trackers(names: Sequence[str], folder: Path, run_name: str, fresh: bool
     """Started ``accelerate`` trackers (``GeneralTracker``) for ``names``, local logs under ``folder``
     (TensorBoard: ``folder/tensorboard``); none on processes other than the main one. ``fresh`` (a new run, not a
     resumed one) first removes what an earlier run left in ``folder``."""
-    from reftkit.distributed import is_main
+    from reftkit.runtime.distributed import is_main
 
     if not is_main():
         return []

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.answers import Outcome, grade_batch
-from reftkit.config import ConfigError, EvalConfig, SampleConfig
-from reftkit.evaluation import generate_by_length
-from reftkit.rollout import decode_responses
-from reftkit.tasks.base import AnswerType, CoT, Problem
+from reftkit.config.schema import ConfigError, EvalConfig, SampleConfig
+from reftkit.data.base import AnswerType, CoT, Problem
+from reftkit.evaluation.accuracy import generate_by_length
+from reftkit.reward.answers import Outcome, grade_batch
+from reftkit.rollout.generate import decode_responses
 
 
 @dataclass

@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reftkit.answers import grade_batch, outcome_counts
-from reftkit.config import ConfigError, TaskConfig
-from reftkit.tasks import TASKS, load_task, split_task, task_info
-from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
-from reftkit.tasks.records import RELEASE_FIELDS, DataError, Located, problems_from, read_located
+from reftkit.config.schema import ConfigError, TaskConfig
+from reftkit.data.base import Problem, TaskData, prompt_text, target_text
+from reftkit.data.records import RELEASE_FIELDS, DataError, Located, problems_from, read_located
+from reftkit.data.registry import TASKS, load_task, split_task, task_info
+from reftkit.reward.answers import grade_batch, outcome_counts
 
 
 def list_tasks(cfg: TaskConfig) -> str:
@@ -61,7 +61,7 @@ def _annotation_line(name: str, cot: str, counts: Counter[str]) -> str:
 
 
 def _length_lines(data: TaskData, cot: str, tokenizer_path: str | None) -> str:
-    from reftkit.models import load_tokenizer, train_tokenizer
+    from reftkit.models.loading import load_tokenizer, train_tokenizer
 
     texts = [(prompt_text(p, cot), target_text(p, cot)) for p in data.train]  # type: ignore[arg-type]
     if tokenizer_path:
@@ -143,11 +143,11 @@ class _Checked:
 
 def _check_records(path: str, located: list[Located], cfg: TaskConfig, require_cot: bool, detect_cot: bool) -> _Checked:
     """The records as the task's loader reads them."""
-    from reftkit.tasks import missing_fields, user_fields
+    from reftkit.data.registry import missing_fields, user_fields
 
     json_array = bool(located) and located[0].where.startswith(f"{Path(path)}: item ")  # read_located's naming
     if cfg.name == "gsm8k" and not json_array:  # OpenAI's JSONL; the release's test_set.json is read below
-        from reftkit.tasks.gsm8k import rationale_problems
+        from reftkit.data.gsm8k import rationale_problems
 
         found, problems = rationale_problems(located, "gsm8k_")
         form = "OpenAI's GSM8K JSONL (question, answer: a rationale ending in '#### <number>')"
@@ -172,7 +172,7 @@ def _check_records(path: str, located: list[Located], cfg: TaskConfig, require_c
     cot = cot or cfg.cot
     found, problems = problems_from(located, fields, cot=cot, answer_type=answer_type, require_cot=require_cot)
     if cfg.name == "svamp" and cot == "nl" and found:
-        from reftkit.tasks.release import DISAGREES, strip_stated_answer
+        from reftkit.data.release import DISAGREES, strip_stated_answer
 
         dropped = strip_stated_answer(found)[1][DISAGREES]
         if dropped:

@@ -13,9 +13,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from reftkit.answers import answers_match, parse_number
-from reftkit.tasks.base import Loaded, Problem
-from reftkit.tasks.records import RELEASE_FIELDS, DataError, Fields, problems_from, read_located
+from reftkit.data.base import Loaded, Problem
+from reftkit.data.records import RELEASE_FIELDS, DataError, Fields, problems_from, read_located
+from reftkit.reward.answers import answers_match, parse_number
 
 # "Therefore, the answer is <203>." and the few chains that end "The answer is <4>."
 _STATED_ANSWER = re.compile(r"\s*(?:therefore,?\s*)?the answer is:?\s*<([^>]*)>\.?\s*$", re.IGNORECASE)

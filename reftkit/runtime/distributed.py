@@ -2,7 +2,7 @@
 
 Every process runs the same program on the same global data (the same seeded batches, the same sampling
 generator) and gets the same results back; only the expensive work is split inside the calls that do it:
-generation (``reftkit.rollout.generate``), grading (``reftkit.answers.grade_batch``) and the forward and
+generation (``reftkit.rollout.generate.generate``), grading (``reftkit.reward.answers.grade_batch``) and the forward and
 backward passes of training, where each process takes its share of the rows of a global batch and
 gradients are averaged by accelerate's DDP/DeepSpeed/FSDP wrapper. Process ``p`` of ``W`` owns rows
 ``p, p + W, p + 2W, ...``. Results are gathered back into global order, so the code around these calls

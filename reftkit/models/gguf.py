@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reftkit.config import ConfigError
+from reftkit.config.schema import ConfigError
 
 if TYPE_CHECKING:
     import torch

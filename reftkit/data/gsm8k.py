@@ -3,7 +3,7 @@
 The ReFT release lost its GSM8K training annotations (REFERENCE.md D.2). The questions and gold answers
 are exact (item ``gsm8k_N`` is line N of ``train.jsonl``); the N-CoT is the human rationale with the
 calculator annotations removed; the P-CoT is a program derived from those annotations
-(:mod:`reftkit.tasks.gsm8k_programs`), kept only if it executes to the gold answer. Deriving and running
+(:mod:`reftkit.data.gsm8k_programs`), kept only if it executes to the gold answer. Deriving and running
 7,473 programs takes a while, so the verified programs are cached, keyed by the data file and the code.
 """
 
@@ -15,11 +15,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from reftkit.answers import parse_number
-from reftkit.tasks import gsm8k_programs
-from reftkit.tasks.base import Loaded, Problem
-from reftkit.tasks.records import DataError, Located, read_located
-from reftkit.tasks.release import read_release_file
+from reftkit.data import gsm8k_programs
+from reftkit.data.base import Loaded, Problem
+from reftkit.data.records import DataError, Located, read_located
+from reftkit.data.release import read_release_file
+from reftkit.reward.answers import parse_number
 
 
 def load_gsm8k(data_dir: Path, cot: str) -> Loaded:

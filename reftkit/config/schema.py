@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from reftkit.ppo import ESTIMATORS, AdvantageEstimator, LossAggregation
+from reftkit.rl.ppo import ESTIMATORS, AdvantageEstimator, LossAggregation
 
 
 class ConfigError(ValueError):
@@ -167,13 +167,13 @@ class ReFTConfig:
     value_clip: float = 0.2
     vf_coef: float = 5.0
     advantage: AdvantageEstimator = "gae"
-    """How advantages are made (``reftkit.ppo.ESTIMATORS``): ``gae`` (the paper: a value head, GAE over the
+    """How advantages are made (``reftkit.rl.ppo.ESTIMATORS``): ``gae`` (the paper: a value head, GAE over the
     KL-shaped per-token rewards); critic-free, no value head and no value loss, one advantage per sample from the
     rewards of its question's ``samples_per_question`` samples: ``grpo`` ((r - mean) / std of the group),
     ``rloo`` (r - mean of the other samples), ``reinforce_baseline`` (r - group mean, whitened over the batch),
     ``dr_grpo`` (r - group mean, with the constant loss normaliser)."""
     loss_agg: LossAggregation = "auto"
-    """Policy-loss aggregation (``reftkit.ppo.Aggregation``): ``sequence_mean`` (each sample's token mean, then
+    """Policy-loss aggregation (``reftkit.rl.ppo.Aggregation``): ``sequence_mean`` (each sample's token mean, then
     the mean over samples: the reference), ``token_mean`` (over all tokens), ``constant`` (token sum over samples x
     ``max_new_tokens``: Dr. GRPO); ``auto``: ``constant`` for ``dr_grpo``, else ``sequence_mean``."""
     kl_mode: Literal["reward", "loss"] = "reward"
@@ -199,9 +199,9 @@ class ReFTConfig:
     """Where a ``copy`` reference lives: ``same`` (the training device) or ``cpu`` (frees its device memory; its
     forward pass then runs on the CPU in float32)."""
     rollout_backend: str = "auto"
-    """How rollouts (ReFT, online self-training) decode: ``auto`` (the lean decoder of ``reftkit.fast_decode``
+    """How rollouts (ReFT, online self-training) decode: ``auto`` (the lean decoder of ``reftkit.rollout.lean``
     for Llama, Mistral and Qwen2 models, else the model's HF forward), ``hf``, ``lean``, or ``vllm`` (a CUDA GPU
-    with vLLM installed: ``reftkit.vllm_rollout``, weights synced after every PPO update)."""
+    with vLLM installed: ``reftkit.rollout.vllm_engine``, weights synced after every PPO update)."""
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -351,7 +351,7 @@ def method_list(methods: str) -> list[str]:
 
 def preset_names() -> list[str]:
     return sorted(
-        p.name[: -len(".yaml")] for p in resources.files("reftkit.presets").iterdir() if p.name.endswith(".yaml")
+        p.name[: -len(".yaml")] for p in resources.files("reftkit.config.presets").iterdir() if p.name.endswith(".yaml")
     )
 
 
@@ -363,7 +363,7 @@ def load_config(preset: str | None = "default", file: str | Path | None = None, 
             raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
         _merge(
             data,
-            yaml.safe_load(resources.files("reftkit.presets").joinpath(f"{preset}.yaml").read_text()) or {},
+            yaml.safe_load(resources.files("reftkit.config.presets").joinpath(f"{preset}.yaml").read_text()) or {},
         )
     if file is not None:
         path = Path(file)

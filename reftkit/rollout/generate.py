@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.distributed import gather_rows, owned, reduce_max, world
-from reftkit.fast_decode import make_decoder
+from reftkit.rollout.lean import make_decoder
+from reftkit.runtime.distributed import gather_rows, owned, reduce_max, world
 
 
 @dataclass
@@ -130,13 +130,13 @@ def generate(
 ) -> Responses:
     """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt.
 
-    ``decoder`` picks the KV-cached decoder (``reftkit.fast_decode``): ``auto`` (the lean one for Llama-family
+    ``decoder`` picks the KV-cached decoder (``reftkit.rollout.lean``): ``auto`` (the lean one for Llama-family
     models, else the HF forward), ``hf`` or ``lean``.
 
     With ``num_samples`` > 1 each prompt is encoded once and its KV cache repeated for its samples; the
     rows of the result are prompt 0's samples, then prompt 1's, and so on. Under several processes each
     generates the samples of its share of the prompts and every process gets all of them back
-    (``reftkit.distributed``); the samples are the ones one process would draw, up to rounding.
+    (``reftkit.runtime.distributed``); the samples are the ones one process would draw, up to rounding.
     """
     settings: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,

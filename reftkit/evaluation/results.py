@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import yaml
 
-from reftkit.config import ConfigError
-from reftkit.plots import plot_val_vs_time, read_metrics, rolling_mean
+from reftkit.config.schema import ConfigError
+from reftkit.evaluation.plots import plot_val_vs_time, read_metrics, rolling_mean
 
 ARMS = ("warmup", "sft", "reft")
 ARM_NAMES = {"warmup": "warm-up", "sft": "continued SFT", "reft": "ReFT"}

@@ -4,7 +4,7 @@ The reference applied ``float()`` to the raw text after the trigger, so "1,000" 
 answer, gave MathQA-MCQ its partial reward for any text at all, and ran programs unsandboxed, cut at the
 first blank line (REFERENCE.md A.1, C, F.4, F.6). Here numbers are parsed leniently but never guessed: an
 N-CoT answer must follow the answer trigger, and a P-CoT answer is what ``solution()`` returns, run as
-written in :mod:`reftkit.sandbox`. A multiple-choice answer is an option letter of the question, or a
+written in :mod:`reftkit.reward.sandbox`. A multiple-choice answer is an option letter of the question, or a
 number that equals one option's value; anything else is no answer.
 
 Entry points: :func:`grade` (one completion), :func:`grade_batch` (training and evaluation, one sandbox
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from reftkit.distributed import map_rows
-from reftkit.sandbox import ProgramResult, run_programs
+from reftkit.reward.sandbox import ProgramResult, run_programs
+from reftkit.runtime.distributed import map_rows
 
-if TYPE_CHECKING:  # reftkit.tasks imports this module: import from it only where used
-    from reftkit.tasks.base import Problem
+if TYPE_CHECKING:  # reftkit.data.registry imports this module: import from it only where used
+    from reftkit.data.base import Problem
 
 # An optional sign (a space may follow, as in MathQA's tokenised "- 5") and "$", then a fraction (optionally
 # mixed: "1 1/2", "5 1 / 2") or a decimal with optional thousands separators and exponent. Commas must group
@@ -239,7 +239,7 @@ def frac_correct_chain_disagrees(
 
 def answer_type_of(task: str) -> str:
     """'numeric' or 'mcq' for an answer type or a registered task name; ValueError listing the options."""
-    from reftkit.tasks import TASKS
+    from reftkit.data.registry import TASKS
 
     known = {"numeric": "numeric", "mcq": "mcq"} | {name: info.answer_type for name, info in TASKS.items()}
     if task not in known:
@@ -278,7 +278,7 @@ def grade_batch(
     """Grade completions of ``problems`` (training and evaluation); P-CoT programs run in one sandbox call.
 
     Under several processes each grades its share and all get every grade back, so a program near its time
-    limit is judged once (``reftkit.distributed``)."""
+    limit is judged once (``reftkit.runtime.distributed``)."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
 
@@ -366,7 +366,7 @@ def _program(completion: str, question: str | None) -> str:
             "a P-CoT completion without 'def solution():' is a body written after the prompt's header; "
             "pass question= so the header can be rebuilt"
         )
-    from reftkit.tasks.base import program_header
+    from reftkit.data.base import program_header
 
     return program_header(question) + completion
 

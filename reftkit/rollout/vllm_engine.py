@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from reftkit.config import ConfigError, ReFTConfig
-from reftkit.distributed import world
-from reftkit.models import is_lora, merged_state_dict
-from reftkit.rollout import Responses
+from reftkit.config.schema import ConfigError, ReFTConfig
+from reftkit.models.loading import is_lora, merged_state_dict
+from reftkit.rollout.generate import Responses
+from reftkit.runtime.distributed import world
 
 
 def vllm_unavailable() -> str | None:
@@ -77,7 +77,7 @@ class VLLMRollout:
         pad_id: int,
         generator: torch.Generator,
     ) -> Responses:
-        """``k`` samples of each prompt (rows grouped by prompt), as ``reftkit.rollout.generate`` returns them."""
+        """``k`` samples of each prompt (rows grouped by prompt), as ``reftkit.rollout.generate.generate`` gives."""
         from vllm import SamplingParams, TokensPrompt
 
         self.sync(lm)

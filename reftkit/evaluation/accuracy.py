@@ -13,13 +13,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.answers import Graded, frac_correct_chain_disagrees, grade_batch, outcome_counts
-from reftkit.config import EvalConfig
-from reftkit.rollout import Responses, decode_responses, encode_prompts, generate, left_pad
-from reftkit.tasks.base import AnswerType, CoT, Problem, prompt_text
+from reftkit.config.schema import EvalConfig
+from reftkit.data.base import AnswerType, CoT, Problem, prompt_text
+from reftkit.reward.answers import Graded, frac_correct_chain_disagrees, grade_batch, outcome_counts
+from reftkit.rollout.generate import Responses, decode_responses, encode_prompts, generate, left_pad
 
 if TYPE_CHECKING:
-    from reftkit.sampling import Sample
+    from reftkit.evaluation.sampling import Sample
 
 
 @dataclass
@@ -43,7 +43,7 @@ def generate_by_length(
 ) -> Iterator[tuple[list[int], Responses]]:
     """``generate`` over the problems' prompts in batches of similar length: yields (problem indices, responses).
 
-    The model is in eval mode meanwhile; ``generation`` goes to ``reftkit.rollout.generate``.
+    The model is in eval mode meanwhile; ``generation`` goes to ``reftkit.rollout.generate.generate``.
     """
     prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in problems])
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

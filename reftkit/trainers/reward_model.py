@@ -25,12 +25,12 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from reftkit.config import ConfigError, RewardModelConfig
-from reftkit.evaluation import inference_curves
-from reftkit.models import load_tokenizer, position_ids_from_mask
-from reftkit.rollout import encode_prompts, left_pad
-from reftkit.sampling import Sample, by_question
-from reftkit.tasks.base import CoT, Problem, prompt_text
+from reftkit.config.schema import ConfigError, RewardModelConfig
+from reftkit.data.base import CoT, Problem, prompt_text
+from reftkit.evaluation.accuracy import inference_curves
+from reftkit.evaluation.sampling import Sample, by_question
+from reftkit.models.loading import load_tokenizer, position_ids_from_mask
+from reftkit.rollout.generate import encode_prompts, left_pad
 from reftkit.trainers.checkpoints import StageCheckpoints
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts, split_rows
 from reftkit.trainers.sft import epoch_batches, save_model

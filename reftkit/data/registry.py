@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reftkit.config import ConfigError, TaskConfig
-from reftkit.tasks.base import Loaded, Problem, TaskData
-from reftkit.tasks.records import (
+from reftkit.config.schema import ConfigError, TaskConfig
+from reftkit.data.base import Loaded, Problem, TaskData
+from reftkit.data.records import (
     DataError,
     Fields,
     Located,
@@ -40,7 +40,7 @@ class TaskInfo:
 
 
 def _synthetic(cfg: TaskConfig) -> Loaded:
-    from reftkit.tasks.synthetic import load_synthetic
+    from reftkit.data.synthetic import load_synthetic
 
     data = load_synthetic(cot=cfg.cot, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
                           seed=cfg.data_seed, max_ops=cfg.max_ops)  # fmt: skip
@@ -48,20 +48,20 @@ def _synthetic(cfg: TaskConfig) -> Loaded:
 
 
 def _gsm8k(cfg: TaskConfig) -> Loaded:
-    from reftkit.tasks.gsm8k import load_gsm8k
+    from reftkit.data.gsm8k import load_gsm8k
 
     return load_gsm8k(data_dir(cfg), cfg.cot)
 
 
 def _svamp(cfg: TaskConfig) -> Loaded:
-    from reftkit.tasks.release import load_svamp
+    from reftkit.data.release import load_svamp
 
     return load_svamp(data_dir(cfg), cfg.cot)
 
 
 def _mathqa(answer_type: str) -> Callable[[TaskConfig], Loaded]:
     def load(cfg: TaskConfig) -> Loaded:
-        from reftkit.tasks.release import load_mathqa
+        from reftkit.data.release import load_mathqa
 
         return load_mathqa(data_dir(cfg), cfg.cot, answer_type)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reftkit.answers import parse_number
-from reftkit.config import ConfigError
-from reftkit.tasks.base import Problem
+from reftkit.config.schema import ConfigError
+from reftkit.data.base import Problem
+from reftkit.reward.answers import parse_number
 
 _LETTER = re.compile(r"[a-e]")
 

@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from reftkit.config import ConfigError, LoraConfig, ModelConfig, ReFTConfig, TinyModelConfig
+from reftkit.config.schema import ConfigError, LoraConfig, ModelConfig, ReFTConfig, TinyModelConfig
 
 log = logging.getLogger(__name__)
 

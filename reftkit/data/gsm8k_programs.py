@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from reftkit.answers import answers_match
-from reftkit.sandbox import run_programs
-from reftkit.tasks.base import program_header
+from reftkit.data.base import program_header
+from reftkit.reward.answers import answers_match
+from reftkit.reward.sandbox import run_programs
 
 # Failure classes. Derivation: the rationale gives nothing to build from. Verification: the program
 # does not reproduce the gold answer when run in the sandbox.

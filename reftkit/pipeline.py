@@ -28,13 +28,12 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from reftkit.config import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
-from reftkit.distributed import barrier, broadcast, is_main
-from reftkit.evaluation import EvalResult, evaluate_greedy, inference_curves
-from reftkit.models import build_tiny, load_causal_lm, load_tokenizer, resolve_model_dir
-from reftkit.plots import plot_inference_curves, plot_run, read_metrics
-from reftkit.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
-from reftkit.sampling import (
+from reftkit.config.schema import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
+from reftkit.data.base import Problem, TaskData, prompt_text, target_text
+from reftkit.data.registry import load_task, require_training_data
+from reftkit.evaluation.accuracy import EvalResult, evaluate_greedy, inference_curves
+from reftkit.evaluation.plots import plot_inference_curves, plot_run, read_metrics
+from reftkit.evaluation.sampling import (
     Sample,
     by_question,
     meta_path,
@@ -43,9 +42,9 @@ from reftkit.sampling import (
     write_samples,
     write_text_atomically,
 )
-from reftkit.tasks import load_task, require_training_data
-from reftkit.tasks.base import Problem, TaskData, prompt_text, target_text
-from reftkit.trackers import TRACKERS_DIR, open_trackers
+from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer, resolve_model_dir
+from reftkit.runtime.distributed import barrier, broadcast, is_main
+from reftkit.runtime.trackers import TRACKERS_DIR, open_trackers
 from reftkit.trainers.checkpoints import RESUME_DIR, StageCheckpoints
 from reftkit.trainers.common import (
     MetricsLog,
@@ -56,6 +55,7 @@ from reftkit.trainers.common import (
     write_atomically,
 )
 from reftkit.trainers.reft import train_reft
+from reftkit.trainers.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
 

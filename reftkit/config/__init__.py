@@ -1,0 +1,1 @@
+"""Typed run configuration: dataclasses, presets, loading and validation."""

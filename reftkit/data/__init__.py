@@ -1,0 +1,1 @@
+"""Tasks: the registry, loaders, the synthetic generator, records and their validation."""

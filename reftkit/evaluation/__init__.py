@@ -1,0 +1,1 @@
+"""Greedy accuracy, sampled completions, voting / pass@k / reranking, results tables and plots."""

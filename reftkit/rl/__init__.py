@@ -1,0 +1,1 @@
+"""The RL maths as pure tensor functions: advantages, policy and value losses, KL."""
