@@ -103,7 +103,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from reftkit.config.schema import ConfigError, load_config
+from reftkit.config.loading import load_config
+from reftkit.config.schema import ConfigError
 from reftkit.data.base import prompt_text, target_text
 from reftkit.data.registry import load_task
 from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer

@@ -28,7 +28,8 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from reftkit.config.schema import ConfigError, RunConfig, check_out_dir, dump_yaml, method_list
+from reftkit.config.loading import check_out_dir, dump_yaml, method_list
+from reftkit.config.schema import ConfigError, RunConfig
 from reftkit.data.base import Problem, TaskData, prompt_text, target_text
 from reftkit.data.registry import load_task, require_training_data
 from reftkit.evaluation.accuracy import EvalResult, evaluate_greedy, inference_curves

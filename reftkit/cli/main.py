@@ -11,16 +11,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from reftkit.cli.launch import cpu_relaunch
-from reftkit.config.schema import (
-    ConfigError,
-    RunConfig,
-    TrainingError,
-    check_out_dir,
-    dump_yaml_with_docs,
-    load_config,
-    preset_names,
-    resumed_config,
-)
+from reftkit.config.loading import check_out_dir, dump_yaml_with_docs, load_config, preset_names, resumed_config
+from reftkit.config.schema import ConfigError, RunConfig, TrainingError
 from reftkit.data.registry import check_task, task_info
 
 EXIT_USAGE = 2

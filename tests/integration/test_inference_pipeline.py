@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification
 
 from reftkit.cli.main import main
-from reftkit.config.schema import load_config
+from reftkit.config.loading import load_config
 from reftkit.data.base import target_text
 from reftkit.data.registry import load_task
 from reftkit.evaluation.sampling import Sample, read_samples, write_samples

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import reftkit.trainers.stepwise as stepwise
-from reftkit.config.schema import load_config
+from reftkit.config.loading import load_config
 from reftkit.pipeline import run_pipeline
 from reftkit.reward.answers import Graded, Outcome
 from reftkit.trainers.checkpoints import StageCheckpoints

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from reftkit.config.schema import load_config
+from reftkit.config.loading import load_config
 from reftkit.pipeline import run_pipeline
 
 pytestmark = pytest.mark.integration

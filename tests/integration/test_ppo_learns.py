@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import reftkit.trainers.stepwise as stepwise
-from reftkit.config.schema import load_config
+from reftkit.config.loading import load_config
 from reftkit.pipeline import run_pipeline
 from reftkit.reward.answers import Graded, Outcome
 from reftkit.rl import ppo

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from reftkit.cli.main import main
-from reftkit.config.schema import load_config
+from reftkit.config.loading import load_config
 from reftkit.data.base import prompt_text, target_text
 from reftkit.data.registry import load_task
 from reftkit.models.loading import build_tiny

@@ -6,7 +6,8 @@ import statistics
 import pytest
 
 from reftkit.cli.main import main
-from reftkit.config.schema import ConfigError, load_config
+from reftkit.config.loading import load_config
+from reftkit.config.schema import ConfigError
 from reftkit.evaluation.results import aggregate, mean_std
 from reftkit.pipeline import run_pipeline
 

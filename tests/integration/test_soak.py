@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from reftkit.config.schema import load_config
+from reftkit.config.loading import load_config
 from reftkit.data.base import prompt_text, target_text
 from reftkit.data.registry import load_task
 from reftkit.models.loading import build_tiny, load_tokenizer

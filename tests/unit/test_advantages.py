@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from reftkit.config.schema import ConfigError, load_config
+from reftkit.config.loading import load_config
+from reftkit.config.schema import ConfigError
 from reftkit.rl.ppo import (
     ESTIMATORS,
     Aggregation,

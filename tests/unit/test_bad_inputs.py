@@ -12,7 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reftkit.cli.data import validate_file
 from reftkit.cli.main import check_out_file, main
-from reftkit.config.schema import ConfigError, dump_yaml, load_config
+from reftkit.config.loading import dump_yaml, load_config
+from reftkit.config.schema import ConfigError
 from reftkit.models.loading import VALUE_HEAD_FILE, check_model_dir
 
 RUN = ["run", "--out", "{tmp}/run", "--preset", "micro"]

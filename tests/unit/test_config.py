@@ -1,6 +1,7 @@
 import pytest
 
-from reftkit.config.schema import ConfigError, RunConfig, dump_yaml, load_config, preset_names
+from reftkit.config.loading import dump_yaml, load_config, preset_names, validate
+from reftkit.config.schema import ConfigError, RunConfig
 
 
 def test_defaults_and_presets_load():
@@ -104,3 +105,38 @@ def test_config_show_is_commented_yaml_of_the_same_config(tmp_path, capsys):
     assert load_config(None, path) == load_config("micro", None, overrides)
     assert "\n    # Rank of each adapter.\n    r: 8\n" in text  # each key's doc string above it, indented with it
     assert "# Gradient accumulation: each batch of `batch_size` is back-propagated" in text
+
+
+@pytest.mark.parametrize(
+    ("key", "choices"),
+    [
+        ("task.cot", "nl, python"),
+        ("task.answer_type", "numeric, mcq"),
+        ("mixed_precision", "auto, bf16, fp16, no"),
+        ("model.dtype", "float32, bfloat16, float16"),
+        ("reft.value_model", "shared, detached, separate"),
+        ("reft.ref_model", "copy, lora_off"),
+        ("reft.ref_device", "same, cpu"),
+        ("reft.rollout_backend", "auto, hf, lean, vllm"),
+        ("reft.kl_mode", "reward, loss"),
+        ("reft.advantage", "gae, grpo, rloo, reinforce_baseline, dr_grpo"),
+        ("reft.loss_agg", "auto, sequence_mean, token_mean, constant"),
+    ],
+)
+def test_choice_fields_name_their_values(key, choices):
+    with pytest.raises(ConfigError, match=f"^{key}: 'bogus' is not one of {choices}$"):
+        load_config("micro", None, [f"{key}=bogus"])
+
+
+def test_choice_typos_get_a_did_you_mean_and_a_bare_no_is_no():
+    with pytest.raises(ConfigError, match=r"reft\.ref_device: 'gpu' is not one of same, cpu; did you mean cpu\?"):
+        load_config("micro", None, ["reft.ref_device=gpu"])
+    assert load_config("micro", None, ["mixed_precision=no"]).mixed_precision == "no"  # YAML 1.1 reads no as false
+
+
+def test_a_config_built_in_code_is_held_to_the_same_choices():
+    config = RunConfig()
+    validate(config)
+    config.reft.ref_device = "gpu"  # type: ignore[assignment]  # what the Literal forbids, done anyway
+    with pytest.raises(ConfigError, match=r"reft\.ref_device: 'gpu' is not one of same, cpu"):
+        validate(config)

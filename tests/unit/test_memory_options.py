@@ -7,15 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
-from reftkit.config.schema import (
-    ConfigError,
-    LoraConfig,
-    ModelConfig,
-    ReFTConfig,
-    TinyModelConfig,
-    dump_yaml,
-    load_config,
-)
+from reftkit.config.loading import dump_yaml, load_config
+from reftkit.config.schema import ConfigError, LoraConfig, ModelConfig, ReFTConfig, TinyModelConfig
 from reftkit.models.loading import (
     PolicyWithValue,
     build_tiny,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from reftkit.config.schema import TinyModelConfig, load_config
+from reftkit.config.loading import load_config
+from reftkit.config.schema import TinyModelConfig
 from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
 from reftkit.rl import ppo
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
