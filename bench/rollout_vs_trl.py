@@ -107,7 +107,8 @@ from reftkit.config.loading import load_config
 from reftkit.config.schema import ConfigError
 from reftkit.data.base import prompt_text, target_text
 from reftkit.data.registry import load_task
-from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models.policy import PolicyWithValue
 from reftkit.reward.answers import RewardTable, grade_batch, trl_reward_function
 from reftkit.reward.sandbox import shutdown
 from reftkit.rollout.generate import decode_responses, encode_prompts

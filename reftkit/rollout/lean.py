@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from reftkit.models.loading import position_ids_from_mask
+from reftkit.models.policy import position_ids_from_mask
 
 LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")
 

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from reftkit.config.schema import ConfigError, ReFTConfig
-from reftkit.models.loading import is_lora, merged_state_dict
+from reftkit.models.trainable import is_lora, merged_state_dict
 from reftkit.rollout.generate import Responses
 from reftkit.runtime.distributed import world
 

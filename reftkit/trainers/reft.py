@@ -23,13 +23,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import ReFTConfig, RunConfig
 from reftkit.data.base import TaskData
-from reftkit.models.loading import (
-    PolicyWithValue,
-    load_trainable_lm,
-    position_ids_from_mask,
-    reference_model,
-    trainable_parameters,
-)
+from reftkit.models.policy import PolicyWithValue, position_ids_from_mask, reference_model
+from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import frac_correct_chain_disagrees
 from reftkit.rl import ppo
 from reftkit.rollout.generate import Responses, warp_logits

@@ -29,7 +29,8 @@ from reftkit.config.schema import ConfigError, RewardModelConfig
 from reftkit.data.base import CoT, Problem, prompt_text
 from reftkit.evaluation.accuracy import inference_curves
 from reftkit.evaluation.sampling import Sample, by_question
-from reftkit.models.loading import load_tokenizer, position_ids_from_mask
+from reftkit.models.loading import load_tokenizer
+from reftkit.models.policy import position_ids_from_mask
 from reftkit.rollout.generate import encode_prompts, left_pad
 from reftkit.trainers.checkpoints import StageCheckpoints
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts, split_rows

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from reftkit.config.schema import RunConfig
 from reftkit.data.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, target_text
 from reftkit.evaluation.sampling import Sample, by_question
-from reftkit.models.loading import load_trainable_lm, trainable_parameters
+from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import Outcome
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts
 from reftkit.trainers.sft import save_model, sft_loss_parts, tokenize_examples

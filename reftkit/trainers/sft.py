@@ -20,7 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from reftkit.config.schema import RunConfig
 from reftkit.data.base import CoT, Problem, TaskData, prompt_text, target_text
 from reftkit.evaluation.accuracy import evaluate_greedy
-from reftkit.models.loading import position_ids_from_mask, prepare_for_training, save_lm, trainable_parameters
+from reftkit.models.policy import position_ids_from_mask
+from reftkit.models.trainable import prepare_for_training, save_lm, trainable_parameters
 from reftkit.rollout.generate import encode_prompts
 from reftkit.runtime.distributed import owned, world
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json

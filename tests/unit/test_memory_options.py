@@ -9,16 +9,12 @@ from transformers import AutoModelForCausalLM, OPTConfig
 
 from reftkit.config.loading import dump_yaml, load_config
 from reftkit.config.schema import ConfigError, LoraConfig, ModelConfig, ReFTConfig, TinyModelConfig
-from reftkit.models.loading import (
-    PolicyWithValue,
-    build_tiny,
+from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models.policy import PolicyWithValue, position_ids_from_mask, reference_model
+from reftkit.models.trainable import (
     decoder_layers,
     enable_gradient_checkpointing,
-    load_causal_lm,
-    load_tokenizer,
     load_trainable_lm,
-    position_ids_from_mask,
-    reference_model,
     trainable_parameters,
 )
 from reftkit.rollout.generate import encode_prompts, generate, left_pad

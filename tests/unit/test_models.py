@@ -13,7 +13,8 @@ from transformers import (
 )
 
 from reftkit.config.schema import TinyModelConfig
-from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
+from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
+from reftkit.models.policy import PolicyWithValue
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
 
 SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
@@ -113,7 +114,8 @@ def test_separate_value_model_uses_its_own_trunk(tmp_path):
 
 def test_weight_dtype_reaches_the_policy_and_its_reference(tmp_path):
     from reftkit.config.schema import ModelConfig, ReFTConfig
-    from reftkit.models.loading import load_trainable_lm, reference_model
+    from reftkit.models.policy import reference_model
+    from reftkit.models.trainable import load_trainable_lm
 
     path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
     tokenizer = load_tokenizer(path)

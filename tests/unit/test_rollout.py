@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from reftkit.models.loading import PolicyWithValue, position_ids_from_mask
+from reftkit.models.policy import PolicyWithValue, position_ids_from_mask
 from reftkit.rollout.generate import Responses, generate, left_pad
 from reftkit.trainers.reft import score
 

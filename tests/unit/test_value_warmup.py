@@ -8,7 +8,8 @@ from accelerate import Accelerator
 
 from reftkit.config.loading import load_config
 from reftkit.config.schema import TinyModelConfig
-from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
+from reftkit.models.policy import PolicyWithValue
 from reftkit.rl import ppo
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
 from reftkit.trainers.reft import make_experience, ppo_update

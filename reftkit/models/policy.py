@@ -1,0 +1,150 @@
+"""The models PPO holds beside the data: the policy with its value head (``PolicyWithValue``) and the frozen
+KL reference (``reference_model``).
+
+The value head is saved as a file beside the policy's weights (``VALUE_HEAD_FILE``), and a separate value model
+in a folder of its own (``VALUE_MODEL_DIR``), so the policy folder stays a standard HF model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from reftkit.config.schema import ConfigError, ReFTConfig
+from reftkit.models.loading import DTYPES, VALUE_HEAD_FILE, VALUE_MODEL_DIR, load_causal_lm
+from reftkit.models.trainable import is_lora, save_lm, trainable_parameters
+
+
+class _OnDevice(nn.Module):
+    """A frozen model kept on another device (``reft.ref_device=cpu``): inputs go there, logits come back."""
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        device = inputs["input_ids"].device
+        here = next(self.lm.parameters()).device
+        out = self.lm(**{k: v.to(here) for k, v in inputs.items()})
+        out.logits = out.logits.to(device)
+        return out
+
+
+class _AdaptersOff(nn.Module):
+    """The policy with its LoRA adapters switched off (``reft.ref_model=lora_off``): the frozen warm-up the
+    adapters were added to, with no second copy of its weights. Not registered as a submodule on purpose."""
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self._lm = [lm]  # a list, so that the policy's weights are not this module's (no .to(), no state_dict)
+
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        lm = self._lm[0]
+        with torch.no_grad(), lm.disable_adapter():
+            return lm(**inputs)
+
+
+def reference_model(
+    warmup_dir: str | Path,
+    tokenizer: PreTrainedTokenizerFast,
+    cfg: ReFTConfig,
+    policy_lm: PreTrainedModel,
+    device: torch.device,
+) -> nn.Module:
+    """The frozen KL reference of ReFT: a copy of the warm-up on the training device (the default, the model
+    itself, its weights in the policy's dtype), a copy on the CPU in float32 (frees device memory), or the LoRA
+    policy with its adapters off."""
+    if cfg.ref_model == "lora_off":
+        if not is_lora(policy_lm):
+            raise ConfigError("reft.ref_model: lora_off needs model.lora.enabled=true")
+        return _AdaptersOff(policy_lm).eval()
+    if cfg.ref_device == "cpu":
+        return _OnDevice(load_causal_lm(warmup_dir, tokenizer).requires_grad_(False)).eval()
+    dtype = {v: k for k, v in DTYPES.items()}.get(policy_lm.get_input_embeddings().weight.dtype, "float32")
+    ref = load_causal_lm(warmup_dir, tokenizer, dtype)
+    return ref.to(device).eval().requires_grad_(False)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded row is scored exactly as it was sampled."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM with a scalar value head on its last hidden state (REFERENCE.md A.3).
+
+    ``value_lm`` is None for the paper's shared trunk; otherwise a separate copy of the warm-up model
+    provides the hidden states for the value (the paper's non-shared ablation, about 2x compute).
+    The head starts at zero so the first advantages are plain returns rather than noise from a random head.
+    """
+
+    def __init__(self, lm: PreTrainedModel, value_lm: PreTrainedModel | None = None, critic: bool = True) -> None:
+        super().__init__()
+        self.lm = lm
+        self.value_lm = value_lm
+        self.value_head: nn.Linear | None = None
+        if critic:  # critic-free estimators (GRPO, RLOO, ...) train the LM alone
+            self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_from: int = 0, value_into_trunk: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``;
+        values are None without a critic.
+
+        ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
+        position_ids = position_ids_from_mask(attention_mask)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=self.value_head is not None and self.value_lm is None,
+        )
+        if self.value_head is None:
+            return out.logits[:, logits_from:], None
+        if self.value_lm is None:
+            hidden = out.hidden_states[-1] if value_into_trunk else out.hidden_states[-1].detach()
+        else:
+            hidden = self.value_lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=True,
+            ).hidden_states[-1]
+        hidden = hidden[:, logits_from:].float()
+        values = nn.functional.linear(hidden, self.value_head.weight.float(), self.value_head.bias.float())
+        return out.logits[:, logits_from:], values.squeeze(-1)
+
+    def param_groups(self, lr: float, value_lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: the policy's trainable weights at ``lr``, the value head (in full) and the value
+        model's trainable weights at ``value_lr``; frozen (LoRA base) weights get no optimizer state."""
+        value_params = [p for name, p in self.named_parameters() if not name.startswith("lm.") and p.requires_grad]
+        groups = [{"params": trainable_parameters(self.lm), "lr": lr}]
+        return groups + ([{"params": value_params, "lr": value_lr}] if value_params else [])
+
+    def save(self, out_dir: str | Path, tokenizer: PreTrainedTokenizerFast) -> None:
+        out = Path(out_dir)
+        save_lm(self.lm, out)
+        tokenizer.save_pretrained(out)
+        if self.value_head is not None:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                out / VALUE_HEAD_FILE,
+            )
+        if self.value_lm is not None:
+            save_lm(self.value_lm, out / VALUE_MODEL_DIR)
+
+    def load_value_head(self, model_dir: str | Path) -> bool:
+        """Load a saved head if ``model_dir`` has one (resuming PPO); a fresh SFT model has none."""
+        path = Path(model_dir) / VALUE_HEAD_FILE
+        if self.value_head is None or not path.is_file():
+            return False
+        self.value_head.load_state_dict(load_file(path))
+        return True

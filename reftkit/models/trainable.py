@@ -1,0 +1,157 @@
+"""What turns a loaded model into the one a trainer optimises, and back into a plain HF folder when saved:
+LoRA adapters (``model.lora``), gradient checkpointing that also works in eval mode, and merged saving.
+
+With both options off (the default) a trainer's model is the loaded model itself, untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from reftkit.config.schema import ConfigError, LoraConfig, ModelConfig
+from reftkit.models.loading import load_causal_lm
+
+
+def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig, seed: int) -> PreTrainedModel:
+    """The model a trainer optimises: LoRA-wrapped and/or gradient-checkpointed as ``model.*`` asks.
+    With both options off (the default) it is ``model`` itself, untouched."""
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora, seed)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def load_trainable_lm(
+    path: str | Path, tokenizer: PreTrainedTokenizerFast, cfg: ModelConfig, seed: int
+) -> PreTrainedModel:
+    """:func:`load_causal_lm` (weights in ``model.dtype``) then :func:`prepare_for_training`: a model to train, as
+    ``model.*`` asks."""
+    return prepare_for_training(load_causal_lm(path, tokenizer, cfg.dtype), cfg, seed)
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> PreTrainedModel:
+    """Wrap ``model`` in ``peft`` LoRA adapters; the base weights are frozen (no gradients, no optimizer state).
+
+    The adapters are initialised from their own seeded generator, under a forked RNG, so the run's global
+    random stream (minibatch order, dropout) is the same as without LoRA and a resumed run rebuilds them alike.
+    """
+    try:
+        import peft
+    except ImportError as err:
+        raise ConfigError("model.lora.enabled: needs the peft package; pip install 'peft>=0.10'") from err
+    targets = cfg.target_modules.strip()
+    peft_config = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        torch.manual_seed(seed)
+        try:
+            return peft.get_peft_model(model, peft_config)
+        except ValueError as err:  # e.g. no module matches target_modules
+            raise ConfigError(f"model.lora.target_modules: {err}") from err
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``peft`` model (peft is imported only when LoRA is on, so it is never needed here)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that get gradients and optimizer state: all of them, or under LoRA the adapters only."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformer (HF ``GradientCheckpointingLayer``s, or the classes the model lists
+    in ``_no_split_modules`` on transformers versions without them), outermost only."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # transformers < 4.52
+        GradientCheckpointingLayer = ()
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        is_layer = isinstance(module, GradientCheckpointingLayer) or type(module).__name__ in names
+        if is_layer and not any(name.startswith(outer + ".") for outer, _ in found):
+            found.append((name, module))
+    return [module for _, module in found]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Checkpoint every decoder layer whenever autograd records, whatever the module's train/eval mode.
+
+    HF's own switch checkpoints only while ``module.training`` is True, but ReFT and online self-training
+    train the policy in eval mode (no dropout), so it would silently do nothing there; flipping ``training``
+    on instead would turn on dropout written inside some layers (OPT). Here each layer's ``forward`` is
+    wrapped: with grad enabled it runs under ``torch.utils.checkpoint`` (non-reentrant, RNG state preserved,
+    so the recompute matches the forward exactly); under ``no_grad`` (sampling with a KV cache, scoring
+    rollouts) it runs as before.
+    """
+    layers = decoder_layers(model)
+    if not layers:
+        raise ConfigError(
+            f"model.gradient_checkpointing: found no decoder layers to checkpoint in {type(model).__name__}; "
+            "turn it off for this model"
+        )
+    for layer in layers:
+        if "forward" not in vars(layer):
+            layer.forward = types.MethodType(_checkpointed_forward, layer)
+
+
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    forward = type(self).forward
+    if not torch.is_grad_enabled():
+        return forward(self, *args, **kwargs)
+    for key in ("cache", "past_key_values", "past_key_value", "layer_past"):  # a recompute would write it twice
+        if kwargs.get(key) is not None:
+            kwargs[key] = None
+    return torch.utils.checkpoint.checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a LoRA model's base with every adapter folded into its weight (W + scale * B @ A) and
+    the original key names, computed without touching the trained model (an in-place merge and unmerge would
+    not restore its weights bit for bit). Merged tensors are moved to the CPU one by one."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    merged = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.get_base_layer().weight
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+                merged[f"{name}.weight"] = (weight + delta).to(weight.dtype).cpu()
+    state = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        state[key] = merged.get(key, value)
+    return state
+
+
+def save_lm(model: PreTrainedModel, out_dir: str | Path) -> None:
+    """``save_pretrained`` that always writes a plain HF model: a LoRA model's weights are saved merged, so
+    ``AutoModelForCausalLM.from_pretrained`` (and reftkit's next stage) loads it without peft."""
+    if is_lora(model):
+        model.get_base_model().save_pretrained(out_dir, state_dict=merged_state_dict(model))
+    else:
+        model.save_pretrained(out_dir)
