@@ -37,11 +37,17 @@ class TinyModelConfig:
     """A small Llama-style model built from scratch, with a BPE tokenizer trained on the task's text."""
 
     vocab_size: int = 1024
+    """Target size of the BPE vocabulary (its 3 special tokens included); a small text can give fewer."""
     hidden_size: int = 192
+    """Width of the residual stream; a multiple of ``num_heads``."""
     intermediate_size: int = 512
+    """Width of each MLP's hidden layer."""
     num_layers: int = 4
+    """Decoder layers."""
     num_heads: int = 4
+    """Attention heads (as many key-value heads: no grouped-query attention)."""
     max_positions: int = 512
+    """The model's ``max_position_embeddings``: the longest sequence (prompt + completion) it is meant for."""
 
 
 @dataclass
@@ -51,6 +57,7 @@ class LoraConfig:
     gradients and optimizer state; saved checkpoints hold the merged weights, so they stay plain HF directories."""
 
     enabled: bool = False
+    """Train adapters instead of all the weights."""
     r: int = 8
     """Rank of each adapter."""
     alpha: float = 16.0
@@ -64,6 +71,8 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
+    """The model every method starts from, and how its weights are held while training."""
+
     path: str | None = None
     """HF model directory, or a Hub id (``org/name``: downloaded to, or read from, the HF cache; ``reftkit model
     import`` brings GGUF files in); None builds the ``tiny`` preset."""
@@ -113,10 +122,14 @@ class TaskConfig:
     answer_type: Literal["numeric", "mcq"] = "numeric"
     """``jsonl`` task: ``numeric`` or ``mcq`` (option letters, options written in the question)."""
     id_field: str = "id"
+    """``jsonl`` task: the field holding each problem's id."""
     question_field: str = "question"
+    """``jsonl`` task: the field holding the question."""
     answer_field: str = "answer"
+    """``jsonl`` task: the field holding the gold answer."""
     cot_field: str = "cot"
-    """``jsonl`` task: field names; a missing id is the line number, a missing CoT makes the file RL/eval-only."""
+    """``jsonl`` task: the field holding the gold chain of thought. A missing id is the line number; a missing CoT
+    makes the file RL/eval-only."""
 
 
 @dataclass
@@ -128,10 +141,15 @@ class SFTConfig:
     epochs: int | None = None
     """Epochs of continued SFT after the warm-up; None means as many as ReFT runs (equal epochs)."""
     lr: float = 1e-3
+    """Peak learning rate of AdamW; linear warm-up, then linear decay to 0 over the whole run."""
     batch_size: int = 32
+    """(question, gold CoT) pairs per optimiser step."""
     lr_warmup_ratio: float = 0.1
+    """Fraction of the run's optimiser steps over which the learning rate rises from 0 to ``lr``."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     grad_clip: float = 1.0
+    """Largest gradient norm; a larger gradient is scaled down to it."""
     grad_accum_steps: int = 1
     """Gradient accumulation: each batch of ``batch_size`` is back-propagated in this many parts, one at a time
     (activation memory of one part), then one optimiser step; the same update as the whole batch at once."""
@@ -145,22 +163,36 @@ class ReFTConfig:
     """PPO on sampled CoTs with the answer reward (REFERENCE.md A.3)."""
 
     epochs: int = 4
+    """Passes over the training questions."""
     questions_per_step: int = 32
+    """Questions sampled for each PPO step (a fresh seeded order every epoch)."""
     samples_per_question: int = 1
+    """Completions sampled per question in a step (the group the critic-free estimators compare)."""
     lr: float = 3e-5
+    """Learning rate of the policy (AdamW, constant)."""
     value_lr: float | None = None
     """Learning rate of the value head (and separate value model); None: ``lr``, as the paper."""
     ppo_epochs: int = 2
+    """Passes over each step's samples, in shuffled minibatches."""
     minibatch_size: int = 32
+    """Samples per PPO minibatch, i.e. per optimiser step; at most ``questions_per_step x samples_per_question``."""
     grad_accum_steps: int = 1
     """Gradient accumulation: each PPO minibatch (and online self-training's batch) is back-propagated in this many
     parts, one at a time, then one optimiser step; the same update as the whole minibatch at once."""
     kl_coef: float = 0.01
+    """Weight of the KL to the warm-up (see ``kl_mode``)."""
     gamma: float = 1.0
+    """Discount of GAE."""
     lam: float = 0.95
+    """GAE's lambda: 1 is the Monte Carlo return, 0 one-step TD."""
     clip_eps: float = 0.2
+    """PPO's clip range: the probability ratio to the rollout policy is clipped to [1 - clip_eps, 1 + clip_eps]
+    (the pessimistic min of the clipped and unclipped objective is taken)."""
     value_clip: float = 0.2
+    """Value predictions are clipped to within this of their rollout-time values (the larger of the clipped and
+    unclipped squared errors is taken)."""
     vf_coef: float = 5.0
+    """Weight of the value loss in the PPO loss."""
     advantage: AdvantageEstimator = "gae"
     """How advantages are made (``reftkit.rl.ppo.ESTIMATORS``): ``gae`` (the paper: a value head, GAE over the
     KL-shaped per-token rewards); critic-free, no value head and no value loss, one advantage per sample from the
@@ -182,8 +214,11 @@ class ReFTConfig:
     the warm-up, so its first updates see a trained critic (REFERENCE.md G: the paper blames its first bad epochs
     on the untrained head). No gain was measured on the default task (docs/results-notes.md)."""
     grad_clip: float = 1.0
+    """Largest gradient norm; a larger gradient is scaled down to it."""
     whiten_advantages: bool = True
+    """With ``gae``: whiten the advantages over every counted token of the step (variance 1, mean 0)."""
     partial_reward: bool = True
+    """Reward 0.1 for a wrong answer that could be read (the paper's partial reward); false: 0, like no answer."""
     value_model: ValueModel = "shared"
     """``shared``: value head on the policy trunk (the paper); ``detached``: the same head, but its loss stops at the
     trunk, so only the policy loss moves the policy; ``separate``: a value model copied from the warm-up."""
@@ -198,9 +233,13 @@ class ReFTConfig:
     for Llama, Mistral and Qwen2 models, else the model's HF forward), ``hf``, ``lean``, or ``vllm`` (a CUDA GPU
     with vLLM installed: ``reftkit.rollout.vllm_engine``, weights synced after every PPO update)."""
     temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
     top_k: int = 0
+    """Sample only from the ``top_k`` most likely tokens; 0: no limit."""
     top_p: float = 1.0
+    """Sample only from the smallest set of tokens whose probabilities reach ``top_p`` (nucleus); 1: no limit."""
     max_new_tokens: int = 128
+    """Longest completion sampled in a rollout; a cut-off one is graded as it stands."""
     eval_every: int = 20
     """Validation every this many PPO steps (and at the end)."""
     max_steps: int | None = None
@@ -209,9 +248,14 @@ class ReFTConfig:
 
 @dataclass
 class EvalConfig:
+    """Greedy evaluation (validation and test accuracy) and the grading of every completion."""
+
     batch_size: int = 250
+    """Questions per greedy generation batch (batched by prompt length)."""
     max_new_tokens: int = 128
+    """Longest greedy completion."""
     program_timeout: float = 2.0
+    """Seconds a P-CoT program may run in the sandbox before it counts as a timeout (reward 0)."""
 
 
 @dataclass
@@ -223,8 +267,11 @@ class SampleConfig:
     train_n: int = 8
     """Samples per training question from the warm-up (offline self-training data, reward-model data)."""
     temperature: float = 1.0
+    """Sampling temperature."""
     top_k: int = 0
+    """Sample only from the ``top_k`` most likely tokens; 0: no limit."""
     top_p: float = 1.0
+    """Sample only from the smallest set of tokens whose probabilities reach ``top_p`` (nucleus); 1: no limit."""
     max_new_tokens: int | None = None
     """None: ``eval.max_new_tokens``."""
     questions_per_batch: int = 32
@@ -253,11 +300,17 @@ class RewardModelConfig:
     enabled: bool = False
     """Train it in ``reftkit run`` (needs ``sample.n`` > 0) and report rerank@k."""
     epochs: int = 3
+    """Passes over the (question, sampled completion) pairs."""
     lr: float = 1e-4
+    """Peak learning rate of AdamW; linear warm-up, then linear decay to 0."""
     batch_size: int = 32
+    """Pairs per optimiser step."""
     lr_warmup_ratio: float = 0.1
+    """Fraction of the optimiser steps over which the learning rate rises from 0 to ``lr``."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     grad_clip: float = 1.0
+    """Largest gradient norm; a larger gradient is scaled down to it."""
     max_length: int = 512
     """Tokens per (question, completion) input; longer ones are cut from the left of the question."""
     grad_accum_steps: int = 1
@@ -280,7 +333,10 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
+    """A whole run: ``reftkit run`` and every single-stage command read their settings from it."""
+
     seed: int = 0
+    """Seed of training: initialisation, data order, sampling (the data split has ``task.data_seed``)."""
     methods: str = "sft,reft"
     """Comma-separated subset of sft, offline-st, online-st, reft for ``reftkit run``; all start from one warm-up."""
     mixed_precision: MixedPrecision = "auto"

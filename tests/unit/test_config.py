@@ -1,6 +1,9 @@
+import dataclasses
+import typing
+
 import pytest
 
-from reftkit.config.loading import dump_yaml, load_config, preset_names, validate
+from reftkit.config.loading import dump_yaml, field_docs, load_config, preset_names, validate
 from reftkit.config.schema import ConfigError, RunConfig
 
 
@@ -140,3 +143,20 @@ def test_a_config_built_in_code_is_held_to_the_same_choices():
     config.reft.ref_device = "gpu"  # type: ignore[assignment]  # what the Literal forbids, done anyway
     with pytest.raises(ConfigError, match=r"reft\.ref_device: 'gpu' is not one of same, cpu"):
         validate(config)
+
+
+def test_every_setting_has_a_doc_string():
+    """``reftkit config show`` prints them; a section is documented by its class doc string."""
+    docs = field_docs()
+    missing, sections = [], [RunConfig]
+    while sections:
+        cls = sections.pop()
+        if (cls.__name__, None) not in docs:
+            missing.append(cls.__name__)
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                sections.append(hint)
+            elif (cls.__name__, f.name) not in docs:
+                missing.append(f"{cls.__name__}.{f.name}")
+    assert missing == []
