@@ -199,14 +199,15 @@ def value_loss(
     """Clipped value loss: the pessimistic max of the squared errors of the new and the clipped value.
 
     Clipping keeps the value head within ``clip_range`` of its rollout-time prediction per update, like
-    the policy ratio. Same per-sequence aggregation (and ``n_sequences``) as ``policy_loss``; computed in float32.
+    the policy ratio. Aggregated as ``policy_loss`` by default (the per-sequence mean over ``n_sequences``),
+    whatever ``reft.loss_agg`` says; computed in float32.
     """
     v, v_old, ret = values.float(), old_values.float(), returns.float()
     v_clipped = v_old + (v - v_old).clamp(-clip_range, clip_range)
     unclipped = (v - ret).square()
     clipped = (v_clipped - ret).square()
     per_token = torch.maximum(unclipped, clipped)
-    loss = 0.5 * _mean_over_sequences(masked_mean(per_token, mask, dim=1), n_sequences)
+    loss = 0.5 * Aggregation("sequence_mean", n_sequences)(per_token, mask)
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean((clipped > unclipped).float(), mask)}
     return loss, stats
