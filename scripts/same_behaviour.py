@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ MICRO = {
 DEMO = {"demo_default": ["run"]}
 VOLATILE = {"wall", "wall_seconds", "seconds", "step_seconds", "stage_seconds", "samples_per_second", "minutes", "eta",
             "commit", "command", "run_dir", "out", "started", "elapsed", "path", "warmup_model", "model"}  # fmt: skip
+SECONDS = re.compile(r"val_curves\.\w+\.\d+\.0$")  # a curve point is [seconds since the warm-up, epoch, accuracy]
 
 
 def _figures(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,7 +58,8 @@ def fingerprint(run: Path) -> dict[str, Any]:
         rel = str(file.relative_to(run))
         if file.suffix == ".safetensors" or (rel.startswith("samples/") and file.suffix == ".jsonl"):
             prints[rel] = hashlib.sha256(file.read_bytes()).hexdigest()
-    prints |= {f"summary.json:{k}": v for k, v in _figures(json.loads((run / "summary.json").read_text())).items()}
+    summary = _figures(json.loads((run / "summary.json").read_text()))
+    prints |= {f"summary.json:{k}": v for k, v in summary.items() if not SECONDS.match(k)}
     for i, line in enumerate((run / "metrics.jsonl").read_text().splitlines()):
         prints |= {f"metrics.jsonl:{i}:{k}": v for k, v in _figures(json.loads(line)).items()}
     return prints
