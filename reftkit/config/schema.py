@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from reftkit.reward.kinds import ANSWER_KINDS
 from reftkit.rl.ppo import ESTIMATORS, AdvantageEstimator, LossAggregation
 
 
@@ -307,7 +308,7 @@ class RunConfig:
 
 _CHOICES = {
     "task.cot": ("nl", "python"),
-    "task.answer_type": ("numeric", "mcq"),
+    "task.answer_type": tuple(ANSWER_KINDS),
     "mixed_precision": ("auto", "bf16", "fp16", "no"),
     "reft.value_model": ("shared", "detached", "separate"),
     "reft.ref_model": ("copy", "lora_off"),

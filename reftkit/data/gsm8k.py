@@ -19,7 +19,7 @@ from reftkit.data import gsm8k_programs
 from reftkit.data.base import Loaded, Problem
 from reftkit.data.records import DataError, Located, read_located
 from reftkit.data.release import read_release_file
-from reftkit.reward.answers import parse_number
+from reftkit.reward.numbers import parse_number
 
 
 def load_gsm8k(data_dir: Path, cot: str) -> Loaded:

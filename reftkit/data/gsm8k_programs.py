@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from reftkit.data.base import program_header
-from reftkit.reward.answers import answers_match
+from reftkit.reward.numbers import answers_match
+from reftkit.reward.programs import program_header
 from reftkit.reward.sandbox import run_programs
 
 # Failure classes. Derivation: the rationale gives nothing to build from. Verification: the program

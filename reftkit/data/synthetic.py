@@ -18,7 +18,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reftkit.data.base import COT_STYLES, Problem, TaskData, program_header
+from reftkit.data.base import COT_STYLES, Problem, TaskData
+from reftkit.reward.programs import program_header
 
 MAX_VALUE = 200
 MAX_OPS = 4
