@@ -117,7 +117,8 @@ class TaskConfig:
     test_file: str | None = None
     """``jsonl`` task: test file."""
     answer_type: str = "numeric"
-    """``jsonl`` task: ``numeric`` or ``mcq`` (option letters, options written in the question)."""
+    """``jsonl`` task: ``numeric``, ``mcq`` (option letters, options written in the question) or ``math``
+    (LaTeX answers, ``\\boxed{...}``)."""
     id_field: str = "id"
     question_field: str = "question"
     answer_field: str = "answer"

@@ -87,8 +87,8 @@ class TaskData:
     """A task's splits. ``test`` questions never occur in ``train`` or ``val``.
 
     ``answer_type`` names how answers are read and compared (:data:`reftkit.reward.kinds.ANSWER_KINDS`):
-    ``numeric`` (within tolerance) or ``mcq`` (an option letter; the options are written in the question as
-    ``a ) ... , b ) ...``).
+    ``numeric`` (within tolerance), ``mcq`` (an option letter; the options are written in the question as
+    ``a ) ... , b ) ...``) or ``math`` (LaTeX, ``\\boxed{...}``).
     """
 
     name: str

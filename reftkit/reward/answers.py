@@ -3,7 +3,7 @@
 An N-CoT answer must follow the answer trigger; a P-CoT answer is what ``solution()`` returns, run as
 written in :mod:`reftkit.reward.sandbox` (the reference ran programs unsandboxed, cut at the first blank
 line: REFERENCE.md C). How an answer is read and judged is its kind's business (:mod:`reftkit.reward.kinds`:
-numbers, option letters); here the outcome classes, the reward table and one grading loop for all.
+numbers, option letters, LaTeX); here the outcome classes, the reward table and one grading loop for all.
 
 Entry points: :func:`grade` (one completion), :func:`grade_batch` (training and evaluation, one sandbox
 call per batch) and :func:`trl_reward_function` (a reward function for TRL's ``GRPOTrainer``).
@@ -66,7 +66,8 @@ class Graded:
     """One completion's verdict.
 
     ``answer`` is the normalised extracted answer that majority voting groups on: a float (rounded to 6
-    decimals) for numeric tasks, a lower-case option letter for MCQ, None when there is none.
+    decimals) for numeric tasks, a lower-case option letter for MCQ, a number or a normalised LaTeX string
+    for math, None when there is none.
     """
 
     outcome: Outcome
@@ -107,7 +108,7 @@ def grade(
 ) -> Graded:
     """Grade one completion against its gold answer.
 
-    ``kind`` is an answer type (``numeric``, ``mcq``); a task's is
+    ``kind`` is an answer type (``numeric``, ``mcq``, ``math``); a task's is
     ``reftkit.data.registry.answer_type_of(task)``. For ``cot="python"`` the completion is a whole program
     (``def solution(): ...``) or the body written after the prompt's header, which ``question`` rebuilds.
     MCQ needs ``question`` to read the options; without it only the letters a-e are accepted and numbers

@@ -1,4 +1,4 @@
-"""The registry of answer kinds: everything that differs between numeric and multiple-choice answers.
+"""The registry of answer kinds: everything that differs between numeric, multiple-choice and LaTeX answers.
 
 Grading, data checks, configuration and the MCQ reward-hacking figure ask the kind instead of testing an
 answer type's name, so a new kind of answer is one entry in :data:`ANSWER_KINDS` (and its name in
@@ -19,11 +19,18 @@ from reftkit.reward.choices import (
     letter_from_program,
     parse_options,
 )
+from reftkit.reward.latex import (
+    canonical_math,
+    extract_math_answer,
+    math_answers_equal,
+    math_from_program,
+    math_vote_key,
+)
 from reftkit.reward.numbers import answers_match, canonical_number, extract_nl_answer, number_from_program
 
-AnswerType = Literal["numeric", "mcq"]
+AnswerType = Literal["numeric", "mcq", "math"]
 Answer = float | str
-"""An extracted answer: a number or an option letter."""
+"""An extracted answer: a number, an option letter, or a normalised LaTeX string."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,15 @@ ANSWER_KINDS: dict[AnswerType, AnswerKind] = {
         normalise=lambda answer: answer,
         canonical_gold=canonical_letter,
         chain_disagrees=chain_disagrees_with_choice,
+    ),
+    "math": AnswerKind(
+        "math",
+        "a LaTeX answer or a number",
+        extract=lambda completion, question: extract_math_answer(completion),
+        from_program=lambda value, question: math_from_program(value),
+        judge=math_answers_equal,
+        normalise=math_vote_key,
+        canonical_gold=canonical_math,
     ),
 }
 
