@@ -17,6 +17,7 @@ from typing import Literal
 
 from reftkit.config.schema import ConfigError, TaskConfig
 from reftkit.data.base import Loaded, Problem, TaskData
+from reftkit.data.gsm8k import load_gsm8k
 from reftkit.data.records import (
     DataError,
     Fields,
@@ -27,6 +28,8 @@ from reftkit.data.records import (
     problems_from,
     read_located,
 )
+from reftkit.data.release import load_mathqa, load_svamp
+from reftkit.data.synthetic import load_synthetic
 from reftkit.reward.kinds import ANSWER_KINDS, AnswerType
 
 
@@ -42,29 +45,21 @@ class TaskInfo:
 
 
 def _synthetic(cfg: TaskConfig) -> Loaded:
-    from reftkit.data.synthetic import load_synthetic
-
     data = load_synthetic(cot=cfg.cot, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
                           seed=cfg.data_seed, max_ops=cfg.max_ops)  # fmt: skip
     return Loaded(data.train, data.test, Counter({"ok": len(data.train)}), val=data.val)
 
 
 def _gsm8k(cfg: TaskConfig) -> Loaded:
-    from reftkit.data.gsm8k import load_gsm8k
-
     return load_gsm8k(data_dir(cfg), cfg.cot)
 
 
 def _svamp(cfg: TaskConfig) -> Loaded:
-    from reftkit.data.release import load_svamp
-
     return load_svamp(data_dir(cfg), cfg.cot)
 
 
 def _mathqa(answer_type: Literal["mcq", "numeric"]) -> Callable[[TaskConfig], Loaded]:
     def load(cfg: TaskConfig) -> Loaded:
-        from reftkit.data.release import load_mathqa
-
         return load_mathqa(data_dir(cfg), cfg.cot, answer_type)
 
     return load
