@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reftkit.reward.kinds import AnswerType
 from reftkit.rl.ppo import AdvantageEstimator, LossAggregation
 
 # The choice fields: the loader accepts exactly these values (and says which, with a did-you-mean).
@@ -119,8 +120,9 @@ class TaskConfig:
     """``jsonl`` task: validation file; None carves ``n_val`` questions from train."""
     test_file: str | None = None
     """``jsonl`` task: test file."""
-    answer_type: Literal["numeric", "mcq"] = "numeric"
-    """``jsonl`` task: ``numeric`` or ``mcq`` (option letters, options written in the question)."""
+    answer_type: AnswerType = "numeric"
+    """``jsonl`` task: ``numeric``, ``mcq`` (option letters, options written in the question) or ``math``
+    (LaTeX answers, ``\\boxed{...}``)."""
     id_field: str = "id"
     """``jsonl`` task: the field holding each problem's id."""
     question_field: str = "question"

@@ -12,10 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reftkit.reward.kinds import AnswerType
+from reftkit.reward.programs import program_header
+
 CoT = Literal["nl", "python"]
 COT_STYLES: tuple[str, ...] = ("nl", "python")
-AnswerType = Literal["numeric", "mcq"]
-ANSWER_TYPES: tuple[str, ...] = ("numeric", "mcq")
 
 ANSWER_TRIGGER = "\nTherefore, the answer is: "
 
@@ -36,18 +37,6 @@ class Problem:
 
 def base_prompt(question: str) -> str:
     return "Question:\n" + question.strip() + "\nAnswer reasoning:\n"
-
-
-def program_header(question: str) -> str:
-    """The P-CoT program header the prompt ends with; the docstring repeats the question.
-
-    Backslashes, triple quotes and a closing quote are escaped, so any question gives a valid program
-    (GSM8K has questions ending in a quotation mark).
-    """
-    text = question.strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    if text.endswith('"'):
-        text = text[:-1] + '\\"'
-    return 'def solution():\n    """' + text + '"""\n'
 
 
 def prompt_text(problem: Problem, cot: CoT) -> str:
@@ -97,8 +86,9 @@ def full_program(problem: Problem, completion: str) -> str:
 class TaskData:
     """A task's splits. ``test`` questions never occur in ``train`` or ``val``.
 
-    ``answer_type`` says how answers are compared: ``numeric`` (within tolerance) or ``mcq`` (an option
-    letter; the options are written in the question as ``a ) ... , b ) ...``).
+    ``answer_type`` names how answers are read and compared (:data:`reftkit.reward.kinds.ANSWER_KINDS`):
+    ``numeric`` (within tolerance), ``mcq`` (an option letter; the options are written in the question as
+    ``a ) ... , b ) ...``) or ``math`` (LaTeX, ``\\boxed{...}``).
     """
 
     name: str

@@ -15,11 +15,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from reftkit.data import gsm8k_programs
+from reftkit.data import gsm8k_expressions, gsm8k_programs
 from reftkit.data.base import Loaded, Problem
 from reftkit.data.records import DataError, Located, read_located
 from reftkit.data.release import read_release_file
-from reftkit.reward.answers import parse_number
+from reftkit.reward.numbers import parse_number
 
 
 def load_gsm8k(data_dir: Path, cot: str) -> Loaded:
@@ -83,7 +83,8 @@ def _nl_problem(p: Problem, keep_cot: bool = True) -> Problem:
 
 def derived_programs(train_file: Path, items: list[tuple[str, str, str]]) -> tuple[list[str | None], Counter[str]]:
     """Verified P-CoT programs for (question, rationale, gold) items, None where none was kept; cached."""
-    key = hashlib.sha256(train_file.read_bytes() + Path(gsm8k_programs.__file__).read_bytes()).hexdigest()[:16]
+    sources = b"".join(Path(module.__file__).read_bytes() for module in (gsm8k_programs, gsm8k_expressions))
+    key = hashlib.sha256(train_file.read_bytes() + sources).hexdigest()[:16]
     cache = cache_dir() / f"gsm8k-python-{key}.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())

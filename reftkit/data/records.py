@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +18,7 @@ from typing import Any
 
 from reftkit.config.schema import ConfigError
 from reftkit.data.base import Problem
-from reftkit.reward.answers import parse_number
-
-_LETTER = re.compile(r"[a-e]")
+from reftkit.reward.kinds import ANSWER_KINDS, AnswerType
 
 
 class DataError(ConfigError):
@@ -139,7 +135,7 @@ def problems_from(
     fields: Fields,
     *,
     cot: str,
-    answer_type: str = "numeric",
+    answer_type: AnswerType = "numeric",
     id_prefix: str = "",
     require_cot: bool = False,
 ) -> tuple[list[Problem], list[str]]:
@@ -162,7 +158,7 @@ def problems_from(
 
 
 def check_record(
-    item: Located, fields: Fields, *, cot: str, answer_type: str, require_cot: bool
+    item: Located, fields: Fields, *, cot: str, answer_type: AnswerType, require_cot: bool
 ) -> Problem | list[str]:
     """One record as a Problem (``id`` empty when the record has none), or the list of what is wrong with it."""
     where, record = item.where, item.record
@@ -174,7 +170,7 @@ def check_record(
         issues.append(f"{where}: {fields.question}: {_missing_or('a non-empty string', record, fields.question)}")
     answer = canonical_answer(record.get(fields.answer), answer_type)
     if answer is None:
-        expected = "an option letter a-e" if answer_type == "mcq" else "a number"
+        expected = ANSWER_KINDS[answer_type].gold_description
         issues.append(f"{where}: {fields.answer}: {_missing_or(expected, record, fields.answer)}")
     chain = record.get(fields.cot) if fields.cot else None
     if chain is None and require_cot:
@@ -189,19 +185,9 @@ def check_record(
     return Problem(str(raw_id) if raw_id is not None else "", question.strip(), answer, chain)  # type: ignore[arg-type,union-attr]
 
 
-def canonical_answer(value: Any, answer_type: str = "numeric") -> str | None:
-    """A gold answer as the string targets and grading use ("203.0" -> "203", "1,000" -> "1000"), or None."""
-    if answer_type == "mcq":
-        letter = value.strip().strip("()").strip().lower() if isinstance(value, str) else None
-        return letter if letter and _LETTER.fullmatch(letter) else None
-    if isinstance(value, bool):
-        return None
-    number = float(value) if isinstance(value, int | float) else parse_number(value) if isinstance(value, str) else None
-    if number is None or not math.isfinite(number):
-        return None
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return f"{number:.10g}"
+def canonical_answer(value: Any, answer_type: AnswerType = "numeric") -> str | None:
+    """A gold answer as the string targets and grading use ("203.0" -> "203", "1,000" -> "1000", "C" -> "c")."""
+    return ANSWER_KINDS[answer_type].canonical_gold(value)
 
 
 def _missing_or(expected: str, record: Mapping[str, Any], field: str) -> str:

@@ -13,9 +13,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from reftkit.config.schema import ConfigError, TaskConfig
 from reftkit.data.base import Loaded, Problem, TaskData
+from reftkit.data.gsm8k import load_gsm8k
 from reftkit.data.records import (
     DataError,
     Fields,
@@ -26,13 +28,16 @@ from reftkit.data.records import (
     problems_from,
     read_located,
 )
+from reftkit.data.release import load_mathqa, load_svamp
+from reftkit.data.synthetic import load_synthetic
+from reftkit.reward.kinds import ANSWER_KINDS, AnswerType
 
 
 @dataclass(frozen=True)
 class TaskInfo:
     name: str
     description: str
-    answer_type: str
+    answer_type: AnswerType
     cots: tuple[str, ...]
     load: Callable[[TaskConfig], Loaded]
     folder: str | None = None
@@ -40,29 +45,21 @@ class TaskInfo:
 
 
 def _synthetic(cfg: TaskConfig) -> Loaded:
-    from reftkit.data.synthetic import load_synthetic
-
     data = load_synthetic(cot=cfg.cot, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
                           seed=cfg.data_seed, max_ops=cfg.max_ops)  # fmt: skip
     return Loaded(data.train, data.test, Counter({"ok": len(data.train)}), val=data.val)
 
 
 def _gsm8k(cfg: TaskConfig) -> Loaded:
-    from reftkit.data.gsm8k import load_gsm8k
-
     return load_gsm8k(data_dir(cfg), cfg.cot)
 
 
 def _svamp(cfg: TaskConfig) -> Loaded:
-    from reftkit.data.release import load_svamp
-
     return load_svamp(data_dir(cfg), cfg.cot)
 
 
-def _mathqa(answer_type: str) -> Callable[[TaskConfig], Loaded]:
+def _mathqa(answer_type: Literal["mcq", "numeric"]) -> Callable[[TaskConfig], Loaded]:
     def load(cfg: TaskConfig) -> Loaded:
-        from reftkit.data.release import load_mathqa
-
         return load_mathqa(data_dir(cfg), cfg.cot, answer_type)
 
     return load
@@ -126,6 +123,15 @@ def split_task(cfg: TaskConfig, loaded: Loaded) -> TaskData:
         test_name="heldout" if cfg.n_heldout_test else "test",
         extra_tests=extra,
     )
+
+
+def answer_type_of(name: str) -> AnswerType:
+    """The answer type of a task (``gsm8k`` -> ``numeric``), or of an answer type's own name; ValueError
+    listing both. For grading by task name: ``grade(..., answer_type_of("mathqa_mcq"))``."""
+    known: dict[str, AnswerType] = {t: t for t in ANSWER_KINDS} | {t: info.answer_type for t, info in TASKS.items()}
+    if name not in known:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(known)}")
+    return known[name]
 
 
 def task_info(name: str) -> TaskInfo:
@@ -227,4 +233,6 @@ def require_training_data(data: TaskData, what: str) -> None:
         raise ConfigError(f"task: problem {missing} of {data.name} has no chain of thought; SFT needs one per problem")
 
 
-__all__ = ["TASKS", "DataError", "Loaded", "TaskData", "check_task", "load_task", "split_task", "task_info"]
+__all__ = [
+    "TASKS", "DataError", "Loaded", "TaskData", "answer_type_of", "check_task", "load_task", "split_task", "task_info"
+]  # fmt: skip

@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from reftkit.data.base import Loaded, Problem
 from reftkit.data.records import RELEASE_FIELDS, DataError, Fields, problems_from, read_located
-from reftkit.reward.answers import answers_match, parse_number
+from reftkit.reward.kinds import AnswerType
+from reftkit.reward.numbers import answers_match, parse_number
 
 # "Therefore, the answer is <203>." and the few chains that end "The answer is <4>."
 _STATED_ANSWER = re.compile(r"\s*(?:therefore,?\s*)?the answer is:?\s*<([^>]*)>\.?\s*$", re.IGNORECASE)
@@ -24,7 +26,7 @@ DISAGREES = "stated answer differs from gold"
 
 
 def read_release_file(
-    path: Path, *, cot: str, answer_type: str, id_prefix: str = "", fields: Fields = RELEASE_FIELDS
+    path: Path, *, cot: str, answer_type: AnswerType, id_prefix: str = "", fields: Fields = RELEASE_FIELDS
 ) -> list[Problem]:
     """All problems of one release file; any bad record stops with every problem listed."""
     located, issues = read_located(path)
@@ -62,10 +64,10 @@ def load_svamp(data_dir: Path, cot: str) -> Loaded:
     return Loaded(train, test, counts)
 
 
-def load_mathqa(data_dir: Path, cot: str, answer_type: str) -> Loaded:
-    """MathQA multiple choice (``mcq``) or numeric; training data only if the user supplies it."""
-    suffix = "mcq" if answer_type == "mcq" else "numeric"
-    test = read_release_file(data_dir / "mathqa" / f"test_set_{suffix}.json", cot=cot, answer_type=answer_type)
-    train_file = data_dir / "mathqa" / f"train_{cot}_{suffix}.json"
+def load_mathqa(data_dir: Path, cot: str, answer_type: Literal["mcq", "numeric"]) -> Loaded:
+    """MathQA multiple choice (``mcq``) or numeric, from the files named after it; training data only if the
+    user supplies it."""
+    test = read_release_file(data_dir / "mathqa" / f"test_set_{answer_type}.json", cot=cot, answer_type=answer_type)
+    train_file = data_dir / "mathqa" / f"train_{cot}_{answer_type}.json"
     train = read_release_file(train_file, cot=cot, answer_type=answer_type) if train_file.is_file() else []
     return Loaded(train, test, Counter({"ok": len(train)}))

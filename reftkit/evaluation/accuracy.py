@@ -103,9 +103,7 @@ def evaluate_greedy(
     )
     graded = grade_batch(problems, texts, cot, answer_type, timeout=settings.program_timeout)
     counts = outcome_counts(graded)
-    hacking = None
-    if answer_type == "mcq":
-        hacking = frac_correct_chain_disagrees(graded, texts, [p.question for p in problems])
+    hacking = frac_correct_chain_disagrees(graded, texts, [p.question for p in problems], answer_type)
     return EvalResult(
         accuracy=counts["correct"] / max(len(problems), 1),
         counts=counts,

@@ -1,5 +1,10 @@
 """Run model-written programs contained, and return what their ``solution()`` returned.
 
+Why this file is long: it is one file importing nothing of reftkit, on purpose: each server runs
+this very file as an isolated script (``python -I -S sandbox.py``: no site-packages, no environment, no
+reftkit on the path), so everything the server and its runners execute must be in it; split modules
+could not be imported there.
+
 :func:`run_programs` is the only way reftkit executes model output (RL rewards, evaluation, gold-program
 checks). A program is the text of a module defining ``solution()``; each gets ``status`` "ok" / "error" /
 "timeout", its value as a plain float, int, str or bool (or None when ``solution()`` returned None), and a

@@ -183,10 +183,9 @@ def experience_figures(exp: Experience, accelerator: Accelerator) -> dict[str, A
 
 def _mcq_figures(rollout: Rollout, data: TaskData) -> dict[str, Any]:
     """MCQ reward hacking (REFERENCE.md A.4): the share of samples with the right letter after a wrong chain."""
-    if data.answer_type != "mcq":
-        return {}
     questions = [p.question for p in rollout.problems]
-    return {"frac_correct_chain_disagrees": frac_correct_chain_disagrees(rollout.graded, rollout.texts, questions)}
+    share = frac_correct_chain_disagrees(rollout.graded, rollout.texts, questions, data.answer_type)
+    return {} if share is None else {"frac_correct_chain_disagrees": share}
 
 
 @torch.no_grad()

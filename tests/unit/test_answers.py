@@ -12,24 +12,19 @@ import pytest
 
 import reftkit.reward.answers as answers
 from reftkit.data.base import ANSWER_TRIGGER, Problem
+from reftkit.data.registry import answer_type_of
 from reftkit.reward.answers import (
     Graded,
     Outcome,
     RewardTable,
-    answer_type_of,
-    answers_match,
-    chain_disagrees_with_choice,
-    extract_mcq_answer,
-    extract_nl_answer,
     frac_correct_chain_disagrees,
     grade,
     grade_batch,
-    option_value,
     outcome_counts,
-    parse_number,
-    parse_options,
     trl_reward_function,
 )
+from reftkit.reward.choices import chain_disagrees_with_choice, extract_mcq_answer, option_value, parse_options
+from reftkit.reward.numbers import answers_match, extract_nl_answer, parse_number
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared datasets) is not present")
@@ -151,7 +146,7 @@ def test_grade_takes_task_names_and_rejects_unknown_ones():
         "numeric"
     }
     with pytest.raises(ValueError, match="mathqa_mcq"):  # the message lists the options
-        grade(ANSWER_TRIGGER + "6", "6", task="aqua")
+        grade(ANSWER_TRIGGER + "6", "6", answer_type_of("aqua"))
     with pytest.raises(ValueError, match="CoT"):
         grade(ANSWER_TRIGGER + "6", "6", cot="latex")
 
@@ -165,7 +160,7 @@ def test_grade_python_body_needs_the_question():
 
 def test_mcq_gold_must_be_a_letter():
     with pytest.raises(ValueError, match="option letter"):
-        grade(ANSWER_TRIGGER + "c", "198", task="mcq", question=RHOMBUS)
+        grade(ANSWER_TRIGGER + "c", "198", kind="mcq", question=RHOMBUS)
 
 
 def test_grade_batch_python_end_to_end():
@@ -328,7 +323,7 @@ def test_frac_correct_chain_disagrees():
 
 
 def test_trl_reward_function_with_plain_completions():
-    reward = trl_reward_function("gsm8k")
+    reward = trl_reward_function(answer_type_of("gsm8k"))
     assert reward.__name__ == "reftkit_numeric_nl_reward"
     completions = [ANSWER_TRIGGER + "6", ANSWER_TRIGGER + "7", "six"]
     kwargs = {"prompts": ["p"] * 3, "completion_ids": [[1]] * 3, "answer": ["6", "6", 6.0], "question": ["q"] * 3}
@@ -336,7 +331,8 @@ def test_trl_reward_function_with_plain_completions():
 
 
 def test_trl_reward_function_with_conversational_mcq_completions():
-    reward = trl_reward_function("mathqa_mcq", answer_field="answer_value", rewards=RewardTable(partial_reward=False))
+    strict = RewardTable(partial_reward=False)
+    reward = trl_reward_function(answer_type_of("mathqa_mcq"), answer_field="answer_value", rewards=strict)
     completions = [[{"role": "assistant", "content": ANSWER_TRIGGER + text}] for text in ("c", "d", "maybe")]
     assert reward(completions, answer_value=["c"] * 3, question=[RHOMBUS] * 3) == [1.0, 0.0, 0.0]
 
@@ -345,7 +341,7 @@ def test_trl_reward_function_runs_programs_in_one_call(monkeypatch):
     calls = []
     real = answers.run_programs
     monkeypatch.setattr(answers, "run_programs", lambda programs, timeout: calls.append(programs) or real(programs))
-    reward = trl_reward_function("svamp", cot="python")
+    reward = trl_reward_function(answer_type_of("svamp"), cot="python")
     completions = ["def solution():\n    return 6", "    return 2 * 3", "    return 5"]
     assert reward(completions, answer=["6", "6", "6"], question=["q"] * 3) == [1.0, 1.0, 0.1]
     assert len(calls) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from reftkit.data.registry import answer_type_of
 from reftkit.reward.answers import RewardTable, grade
 
 T = "\nTherefore, the answer is: "  # ANSWER_TRIGGER
@@ -121,7 +122,7 @@ def _question(task: str) -> str:
 
 @pytest.mark.parametrize(("completion", "gold", "task", "cot", "outcome", "answer"), ROWS)
 def test_grading_table(completion, gold, task, cot, outcome, answer):
-    graded = grade(completion, gold, task, cot, question=_question(task), timeout=PROGRAM_TIMEOUT)
+    graded = grade(completion, gold, answer_type_of(task), cot, question=_question(task), timeout=PROGRAM_TIMEOUT)
     assert graded.outcome == outcome
     assert graded.answer == (pytest.approx(answer, abs=1e-6) if isinstance(answer, float) else answer)
     assert graded.reward == RewardTable().reward(outcome)
@@ -150,4 +151,4 @@ REWARD_ROWS = [
 @pytest.mark.parametrize(("completion", "gold", "task", "cot", "partial", "reward"), REWARD_ROWS)
 def test_reward_per_outcome(completion, gold, task, cot, partial, reward):
     table = RewardTable(partial_reward=partial)
-    assert grade(completion, gold, task, cot, question=_question(task), rewards=table).reward == reward
+    assert grade(completion, gold, answer_type_of(task), cot, question=_question(task), rewards=table).reward == reward

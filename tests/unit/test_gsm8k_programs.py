@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reftkit.data import gsm8k_programs
+from reftkit.data.gsm8k_expressions import normalise_expression
 from reftkit.data.gsm8k_programs import (
     CLASSES,
     EXEC_ERROR,
@@ -24,7 +25,6 @@ from reftkit.data.gsm8k_programs import (
     derive_gsm8k,
     derive_program,
     nl_cot_from_rationale,
-    normalise_expression,
     verify,
 )
 from reftkit.reward.sandbox import ProgramResult
