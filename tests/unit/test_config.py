@@ -114,7 +114,7 @@ def test_config_show_is_commented_yaml_of_the_same_config(tmp_path, capsys):
     ("key", "choices"),
     [
         ("task.cot", "nl, python"),
-        ("task.answer_type", "numeric, mcq"),
+        ("task.answer_type", "numeric, mcq, math"),
         ("mixed_precision", "auto, bf16, fp16, no"),
         ("model.dtype", "float32, bfloat16, float16"),
         ("reft.value_model", "shared, detached, separate"),
