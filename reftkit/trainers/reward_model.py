@@ -18,12 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import (
-    AutoModelForSequenceClassification,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    get_linear_schedule_with_warmup,
-)
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import ConfigError, RewardModelConfig
 from reftkit.data.base import CoT, Problem, prompt_text
@@ -33,8 +28,8 @@ from reftkit.models.loading import load_tokenizer
 from reftkit.models.policy import position_ids_from_mask
 from reftkit.rollout.generate import encode_prompts, left_pad
 from reftkit.trainers.checkpoints import StageCheckpoints
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts, split_rows
-from reftkit.trainers.sft import epoch_batches, save_model
+from reftkit.trainers.common import MetricsLog, NonFiniteGuard, split_rows
+from reftkit.trainers.sft import adamw_with_schedule, epoch_batches, save_model, step_on_parts
 
 
 def _text(problems: dict[str, Problem], sample: Sample, cot: CoT) -> str:
@@ -175,20 +170,13 @@ def train_reward_model(
             f"reward model: the {len(examples)} training samples have labels {labels}; a reranker needs both "
             "correct and wrong samples (sample more per question, or use a stronger warm-up)"
         )
-    tokenizer = load_tokenizer(init_dir)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the fresh classification head
-        model = AutoModelForSequenceClassification.from_pretrained(init_dir, num_labels=2, dtype=torch.float32)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer = _fresh_classifier(init_dir, seed)
     encoded = encode_texts(tokenizer, [text for text, _ in examples], cfg.max_length)
     targets = [label for _, label in examples]
 
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
+    optimizer, scheduler = adamw_with_schedule(model.parameters(), cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     order_rng = torch.Generator().manual_seed(seed)
 
@@ -205,23 +193,13 @@ def train_reward_model(
         predicted: list[torch.Tensor] = []
         rows = [encoded[j] for j in batch]
         parts = _loss_parts(model, rows, y, tokenizer.pad_token_id, accelerator, cfg.grad_accum_steps, predicted)
-        loss = backward_parts(accelerator, parts)
         step = guard.step = step + 1
-        grad_norm = apply_gradients(
-            accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard, backward=False
-        )
+        loss, grad_norm = step_on_parts(accelerator, parts, model, optimizer, scheduler, cfg.grad_clip, guard)
         acc = (torch.cat(predicted) == y).float().mean().item()
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-        log.write(
-            "rm",
-            step,
-            epoch=step / steps_per_epoch,
-            loss=loss.item(),
-            acc=acc,
-            grad_norm=grad_norm,
-            lr=scheduler.get_last_lr()[0],
-        )
+        log.write("rm", step, epoch=step / steps_per_epoch, loss=loss.item(), acc=acc, grad_norm=grad_norm,
+                  lr=scheduler.get_last_lr()[0])  # fmt: skip
         if ends_epoch:
             best, best_epoch = _end_epoch(
                 epoch, step, (best, best_epoch), accelerator.unwrap_model(model), tokenizer, cfg, out_dir, log,
@@ -242,6 +220,18 @@ def train_reward_model(
     if checkpoints is not None:
         checkpoints.finish(result)
     return result
+
+
+def _fresh_classifier(init_dir: Path, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The causal LM of ``init_dir`` with a fresh 2-class head (drawn from ``seed``), and its tokenizer."""
+    tokenizer = load_tokenizer(init_dir)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the fresh classification head
+        model = AutoModelForSequenceClassification.from_pretrained(init_dir, num_labels=2, dtype=torch.float32)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def _end_epoch(

@@ -8,16 +8,17 @@ cross-entropy over the CoT and EOS only. Checkpoints are chosen on validation, n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from reftkit.config.schema import RunConfig
+from reftkit.config.schema import RewardModelConfig, RunConfig, SFTConfig
 from reftkit.data.base import CoT, Problem, TaskData, prompt_text, target_text
 from reftkit.evaluation.accuracy import evaluate_greedy
 from reftkit.models.policy import position_ids_from_mask
@@ -160,97 +161,130 @@ def train_sft(
     checkpoints = StageCheckpoints(out_dir, stage, config.checkpoint, log, accelerator)
     if (done := checkpoints.finished()) is not None:
         return result_from_json(SFTResult, done)
-    warmup_epochs = cfg.warmup_epochs if name == "sft" else None
-    if warmup_epochs is not None:
-        total_epochs = warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
-    elif epochs is not None:
-        total_epochs = epochs
-    else:
-        raise ValueError(f"train_sft({name!r}) needs epochs")
+    warmup_epochs, total_epochs = _epoch_plan(config, name, epochs)
     examples = tokenize_examples(tokenizer, data.train, cot)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     model = prepare_for_training(model, config.model, config.seed)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
     total_steps = total_epochs * steps_per_epoch
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
+    optimizer, scheduler = adamw_with_schedule(trainable_parameters(model), cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     order_rng = torch.Generator().manual_seed(config.seed)  # replayed from the seed on resume, never stored
     guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, stage)
 
     dirs = {key: out_dir / "checkpoints" / key for key in ("warmup", stage, f"{stage}_last")}
-    result = SFTResult(dirs["warmup"], dirs[stage], dirs[f"{stage}_last"], best_epoch=-1)
-    best, step, epoch_loss = -1.0, 0, 0.0
+    epochs_so_far = _Epochs(SFTResult(dirs["warmup"], dirs[stage], dirs[f"{stage}_last"], best_epoch=-1))
+    step = 0
     if (resumed := checkpoints.load(model, optimizer, scheduler, {})) is not None:
         step, counters = resumed
-        best, result.best_epoch, epoch_loss = counters["best"], counters["best_epoch"], counters["epoch_loss"]
-        result.val_history = {int(k): v for k, v in counters["val_history"].items()}
-        guard.restore(counters["guard"])
+        epochs_so_far.restore(counters, guard)
 
     def end_epoch(epoch: int) -> None:
-        nonlocal best, epoch_loss
-        with accelerator.autocast():
-            val = evaluate_greedy(
-                accelerator.unwrap_model(model), tokenizer, data.val, cot, config.eval, answer_type=data.answer_type
-            )
-        result.val_history[epoch] = val.accuracy
-        log.write(
-            f"{stage}_eval",
-            step,
-            epoch=epoch,
-            val_acc=val.accuracy,
-            val_length=val.mean_length,
-            train_loss=epoch_loss / steps_per_epoch,
-            **{f"val_{k}": v for k, v in val.counts.items()},
-        )
-        bar.set_postfix(epoch=epoch, loss=f"{epoch_loss / steps_per_epoch:.3f}", val_acc=f"{val.accuracy:.3f}")
-        epoch_loss = 0.0
+        """Validate, log, and save the warm-up snapshot and any new best."""
         unwrapped = accelerator.unwrap_model(model)
+        with accelerator.autocast():
+            val = evaluate_greedy(unwrapped, tokenizer, data.val, cot, config.eval, answer_type=data.answer_type)
+        train_loss = epochs_so_far.loss / steps_per_epoch
+        log.write(f"{stage}_eval", step, epoch=epoch, val_acc=val.accuracy, val_length=val.mean_length,
+                  train_loss=train_loss, **{f"val_{k}": v for k, v in val.counts.items()})  # fmt: skip
+        bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_acc=f"{val.accuracy:.3f}")
+        epochs_so_far.loss = 0.0
         if epoch == warmup_epochs:
             save_model(accelerator, unwrapped, tokenizer, dirs["warmup"])
-        if epoch >= (warmup_epochs or 1) and val.accuracy > best:
-            best, result.best_epoch = val.accuracy, epoch
+        if epochs_so_far.record(epoch, val.accuracy, first=warmup_epochs or 1):
             save_model(accelerator, unwrapped, tokenizer, dirs[stage])
-
-    def converged(epoch: int) -> bool:
-        """``sft.patience`` epochs after the warm-up without a better validation accuracy than the best."""
-        return cfg.patience is not None and epoch - max(result.best_epoch, warmup_epochs or 1) >= cfg.patience
 
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
     model.train()
     for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
         parts = sft_loss_parts(model, [examples[j] for j in batch], tokenizer.pad_token_id, accelerator,
                                cfg.grad_accum_steps)  # fmt: skip
-        loss = backward_parts(accelerator, parts)
         step = guard.step = step + 1
-        grad_norm = apply_gradients(
-            accelerator, loss, model, optimizer, cfg.grad_clip, scheduler, guard, backward=False
-        )
+        loss, grad_norm = step_on_parts(accelerator, parts, model, optimizer, scheduler, cfg.grad_clip, guard)
         batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-        epoch_loss += batch_loss
+        epochs_so_far.loss += batch_loss
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
-        log.write(
-            stage,
-            step,
-            epoch=step / steps_per_epoch,
-            loss=batch_loss,
-            grad_norm=grad_norm,
-            lr=scheduler.get_last_lr()[0],
-        )
+        log.write(stage, step, epoch=step / steps_per_epoch, loss=batch_loss, grad_norm=grad_norm,
+                  lr=scheduler.get_last_lr()[0])  # fmt: skip
         if ends_epoch:
             end_epoch(epoch)  # validation puts the model in eval mode
             model.train()
-            if converged(epoch):
+            if epochs_so_far.converged(epoch, cfg.patience, warmup_epochs or 1):
                 log.write(f"{stage}_stopped", step, epoch=epoch, reason=f"{cfg.patience} epochs, no better val")
                 break
         if checkpoints.due(step):
-            counters = {"best": best, "best_epoch": result.best_epoch, "epoch_loss": epoch_loss}
-            counters |= {"val_history": result.val_history, "guard": guard.state()}
-            checkpoints.save(step, model, optimizer, scheduler, {}, counters)
+            checkpoints.save(step, model, optimizer, scheduler, {}, epochs_so_far.counters(guard))
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs[f"{stage}_last"])
-    checkpoints.finish(result_to_json(result))
-    return result
+    checkpoints.finish(result_to_json(epochs_so_far.result))
+    return epochs_so_far.result
+
+
+def _epoch_plan(config: RunConfig, name: str, epochs: int | None) -> tuple[int | None, int]:
+    """(the warm-up's epoch or None, epochs in all): the warm-up run (``name="sft"``) trains ``sft.warmup_epochs``
+    and then ``sft.epochs`` (default: ``reft.epochs``, the same budget as ReFT); any other run ``epochs``."""
+    if name != "sft":
+        if epochs is None:
+            raise ValueError(f"train_sft({name!r}) needs epochs")
+        return None, epochs
+    cfg = config.sft
+    return cfg.warmup_epochs, cfg.warmup_epochs + (cfg.epochs if cfg.epochs is not None else config.reft.epochs)
+
+
+@dataclass
+class _Epochs:
+    """What the SFT loop carries from epoch to epoch (and a checkpoint keeps): the result being built (every
+    epoch's validation accuracy, the best epoch), the best accuracy and the running loss of the epoch."""
+
+    result: SFTResult
+    best: float = -1.0
+    loss: float = 0.0
+
+    def record(self, epoch: int, accuracy: float, first: int) -> bool:
+        """Note the epoch's accuracy; True when it is the new best (selectable from epoch ``first`` on)."""
+        self.result.val_history[epoch] = accuracy
+        if epoch >= first and accuracy > self.best:
+            self.best, self.result.best_epoch = accuracy, epoch
+            return True
+        return False
+
+    def converged(self, epoch: int, patience: int | None, first: int) -> bool:
+        """``patience`` epochs from the warm-up on without a better validation accuracy than the best."""
+        return patience is not None and epoch - max(self.result.best_epoch, first) >= patience
+
+    def counters(self, guard: NonFiniteGuard) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.result.best_epoch, "epoch_loss": self.loss,
+                "val_history": self.result.val_history, "guard": guard.state()}  # fmt: skip
+
+    def restore(self, counters: dict[str, Any], guard: NonFiniteGuard) -> None:
+        self.best, self.result.best_epoch, self.loss = counters["best"], counters["best_epoch"], counters["epoch_loss"]
+        self.result.val_history = {int(k): v for k, v in counters["val_history"].items()}
+        guard.restore(counters["guard"])
+
+
+def adamw_with_schedule(
+    params: Iterable[torch.nn.Parameter], cfg: SFTConfig | RewardModelConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its linear schedule (warm-up over ``lr_warmup_ratio`` of ``total_steps``, then down to zero), as
+    SFT and the reward model train."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def step_on_parts(
+    accelerator: Accelerator,
+    parts: Iterable[torch.Tensor],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+    guard: NonFiniteGuard,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch's loss made in ``parts`` (see :func:`backward_parts`): (the loss, detached;
+    the gradient norm before clipping). The caller has set ``guard.step``."""
+    loss = backward_parts(accelerator, parts)
+    return loss, apply_gradients(accelerator, loss, model, optimizer, grad_clip, scheduler, guard, backward=False)
 
 
 def save_model(

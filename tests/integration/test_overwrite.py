@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reftkit import pipeline
+from reftkit import stages
 from reftkit.cli.main import main
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def test_a_model_that_fails_to_load_leaves_the_old_run_whole(
         assert Path(path).parent.parent.name.startswith(".run.new-")  # the new run's own base model, beside
         raise RuntimeError("model.safetensors: truncated")
 
-    monkeypatch.setattr(pipeline, "load_causal_lm", broken)
+    monkeypatch.setattr(stages, "load_causal_lm", broken)
     with pytest.raises(RuntimeError, match="truncated"):
         main(["run", "--out", str(out), "--overwrite", *NEW])
     assert _tree(out) == before
@@ -102,7 +102,7 @@ def test_a_model_that_fails_to_load_leaves_the_old_run_whole(
     def interrupted(path: str | Path, tokenizer: object, *dtype: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "load_causal_lm", interrupted)
+    monkeypatch.setattr(stages, "load_causal_lm", interrupted)
     assert main(["run", "--out", str(out), "--overwrite", *NEW]) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"reftkit: interrupted; the new run had not started, so {out} still holds the old run, " + (

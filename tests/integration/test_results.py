@@ -8,7 +8,8 @@ import pytest
 from reftkit.cli.main import main
 from reftkit.config.loading import load_config
 from reftkit.config.schema import ConfigError
-from reftkit.evaluation.results import aggregate, mean_std
+from reftkit.evaluation.report import mean_std
+from reftkit.evaluation.results import aggregate
 from reftkit.pipeline import run_pipeline
 
 pytestmark = pytest.mark.integration

@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "reftkit.evaluation": 6,
     "reftkit.trainers": 7,
     "reftkit.pipeline": 8,
+    "reftkit.stages": 8,
+    "reftkit.run_folder": 8,
     "reftkit.cli": 9,
 }
 
@@ -49,16 +51,8 @@ KNOWN_EDGES: dict[tuple[str, str], str] = {  # (importer, imported): left out of
     ("reftkit.evaluation.accuracy", "reftkit.evaluation.sampling"): "evaluation: the accuracy<->sampling circle",
 }
 KNOWN_LONG_MODULES: dict[str, str] = {  # path: area
-    "reftkit/cli/main.py": "cli",
-    "reftkit/evaluation/results.py": "evaluation",
-    "reftkit/pipeline.py": "pipeline",
 }
 KNOWN_LONG_FUNCTIONS: dict[str, str] = {  # path::qualified name: area
-    "reftkit/cli/main.py::build_parser": "cli",
-    "reftkit/cli/main.py::main": "cli",
-    "reftkit/pipeline.py::run_pipeline": "pipeline",
-    "reftkit/trainers/reward_model.py::train_reward_model": "trainers",
-    "reftkit/trainers/sft.py::train_sft": "trainers",
 }
 KNOWN_INIT_IMPORTS: dict[str, str] = {  # path: area
     "reftkit/__init__.py": "runtime/cli: `import os` for the TQDM_DISABLE switch of non-main ranks",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reftkit import pipeline
+from reftkit import run_folder
 from reftkit.config.schema import ConfigError
-from reftkit.pipeline import RunFolder, clean_leftovers, prepare_run_dir, swap_into_place
+from reftkit.run_folder import RunFolder, clean_leftovers, prepare_run_dir, swap_into_place
 
 
 def _run(folder: Path, marker: str) -> Path:
@@ -41,7 +41,7 @@ def test_a_new_folder_is_the_run_folder_and_an_existing_run_gets_a_sibling(tmp_p
 @pytest.mark.parametrize("atomic", [True, False])
 def test_the_swap_leaves_only_the_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, atomic: bool) -> None:
     if not atomic:
-        monkeypatch.setattr(pipeline, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(run_folder, "_exchange", lambda a, b: False)
     out = _run(tmp_path / "run", "old")
     (out / "summary.json").write_text("{}")
     work = _run(prepare_run_dir(out, overwrite=True), "new")
