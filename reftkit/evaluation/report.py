@@ -263,5 +263,11 @@ def render_protocol(entry: dict[str, Any], figures: list[str]) -> list[str]:
               f"Commit(s): {', '.join(f'`{c}`' for c in entry['commits'])}; CPU flags: {', '.join(entry['cpu_flags'])}."
               " Commands, seed 0 (each seed the same with its `seed=`):", ""]  # fmt: skip
     lines += [f"- `{cmd}`" for name, cmd in entry["commands"].items() if name.startswith(f"seed{seeds[0]}/")]
+    partial = entry.get("partial") or {}
+    if partial:
+        lines += ["", "Also run, not on every seed above (test accuracy by seed):", ""]
+        for arm, by_seed in partial.items():
+            tests = ", ".join(f"seed {seed} {100 * acc:.1f}" for seed, acc in by_seed.items())
+            lines.append(f"- {PROTOCOL_ARM_NAMES.get(arm, arm)} (`{arm}`): {tests}")
     lines += ["", *(f"![{Path(f).stem}]({f})" for f in figures), ""]
     return lines

@@ -207,11 +207,9 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     """One ``results.json`` entry of a protocol folder: per arm one list of accuracies aligned with ``seeds``
     (``sft_test``, ``online_st_test``, ``reft_grpo_test``, ...), selections, seconds, curves and provenance."""
     protocol = json.loads((folder / "protocol.json").read_text())
-    arms = protocol["arms"]
-    done = [s for s in protocol["seeds"] if all((folder / f"seed{s}" / a / "summary.json").is_file() for a in arms)]
-    done = [s for s in done if (folder / f"seed{s}" / "sft" / "test_sft.json").is_file()]
+    done, arms, partial = _finished(folder, protocol)
     if not done:
-        raise ConfigError(f"{folder}: no seed has finished every arm and the SFT test evaluation")
+        raise ConfigError(f"{folder}: no seed has finished an arm and the SFT test evaluation")
     seeds = {s: protocol_seed(folder / f"seed{s}", arms) for s in done}
     config = yaml.safe_load(protocol["config_text"])
     task = config.get("task", {})
@@ -240,7 +238,26 @@ def summarise_protocol(folder: Path) -> dict[str, Any]:
     entry["commits"] = sorted({*runners, *(seeds[s][a]["commit"] for s in done for a in arms)})
     entry["cpu_flags"] = protocol["cpu_flags"]
     entry["run_dirs"] = [str(folder / f"seed{s}") for s in done]
+    entry["partial"] = partial
     return entry
+
+
+def _finished(folder: Path, protocol: dict[str, Any]) -> tuple[list[int], list[str], dict[str, dict[str, float]]]:
+    """The seeds whose SFT run and test evaluation finished and that finished at least one arm; the arms every one
+    of those seeds finished (the table); and the other arms' test accuracies by seed (an arm added later, or one
+    still running), so that a later runner's arms never hide the seeds of the first."""
+    def has(seed: int, arm: str) -> bool:
+        return (folder / f"seed{seed}" / arm / "summary.json").is_file()
+
+    ready = [s for s in protocol["seeds"] if (folder / f"seed{s}" / "sft" / "test_sft.json").is_file()]
+    done = [s for s in ready if any(has(s, a) for a in protocol["arms"])]
+    arms = [a for a in protocol["arms"] if all(has(s, a) for s in done)]
+    partial = {
+        arm: {str(s): json.loads((folder / f"seed{s}" / arm / "summary.json").read_text())["test_acc"]
+              for s in done if has(s, arm)}
+        for arm in protocol["arms"] if arm not in arms and any(has(s, arm) for s in done)
+    }  # fmt: skip
+    return done, arms, partial
 
 
 def plot_protocol(entry: dict[str, Any], path: Path) -> Path:
