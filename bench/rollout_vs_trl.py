@@ -109,6 +109,8 @@ from reftkit.data.registry import load_task
 from reftkit.models.loading import PolicyWithValue, build_tiny, load_causal_lm, load_tokenizer
 from reftkit.reward.answers import RewardTable, grade_batch, trl_reward_function
 from reftkit.reward.sandbox import shutdown
+from reftkit.rollout.base import generation_config
+from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import decode_responses, encode_prompts
 from reftkit.rollout.lean import HFDecoder, make_decoder
 from reftkit.trainers.common import make_accelerator, param_count, sample_policy
@@ -234,6 +236,7 @@ def main() -> None:
 
     # reftkit: as train_reft sets it up
     cfg = config.reft
+    engine, gen = make_engine(cfg.rollout_backend), generation_config(cfg, tokenizer)
     policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer))
     ref = load_causal_lm(model_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
     value_params = [p for name, p in policy.named_parameters() if not name.startswith("lm.")]
@@ -303,7 +306,7 @@ def main() -> None:
     def reftkit_rollout(seed: int) -> tuple[float, int, int, float]:
         generator = torch.Generator(device=accelerator.device).manual_seed(seed)
         start, cpu = time.perf_counter(), time.process_time()
-        _, responses = sample_policy(lm, prompts, question_ids, cfg, tokenizer, generator, accelerator)
+        _, responses = sample_policy(engine, lm, prompts, question_ids, gen, args.k, generator, accelerator)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         samples["reftkit"] = kept_tokens(responses)
         return elapsed, int(responses.mask.sum().item()), responses.ids.numel(), cpu
@@ -343,7 +346,7 @@ def main() -> None:
         times: dict[str, float] = {}
         rng = torch.Generator(device=accelerator.device).manual_seed(2000 + round_)
         start = time.perf_counter()
-        batch, responses = sample_policy(lm, prompts, question_ids, cfg, tokenizer, rng, accelerator)
+        batch, responses = sample_policy(engine, lm, prompts, question_ids, gen, args.k, rng, accelerator)
         times["generate"] = time.perf_counter() - start
         times["tokens"] = float(responses.mask.sum())
         times["computed"] = float(responses.ids.numel())

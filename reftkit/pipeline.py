@@ -58,6 +58,7 @@ from reftkit.trainers.reft import train_reft
 from reftkit.trainers.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import train_sft
+from reftkit.trainers.stepwise import StageContext
 
 
 def prepare_run_dir(out: Path, overwrite: bool, resume: bool = False) -> Path:
@@ -350,8 +351,8 @@ def run_pipeline(
     for method in (m for m in methods if m in stepwise):
         t = time.time()
         result = stepwise[method](
-            config, sft.warmup_dir, tokenizer, data, out, log, accelerator,
-            warmup_val_acc=warmup_val, epoch_offset=warmup_epochs,
+            StageContext(config, sft.warmup_dir, tokenizer, data, out, log, accelerator,
+                         warmup_val_acc=warmup_val, epoch_offset=warmup_epochs)
         )  # fmt: skip
         key = method.replace("-", "_")
         arms[key] = _arm(result.best_dir, result.last_dir, "step", result.best_step, result.val_history)
@@ -754,7 +755,7 @@ def run_reft_stage(
             load_causal_lm(model_path, tokenizer, config.model.dtype)
     folder.started(log)
     train = {"reft": train_reft, "online-st": train_online_st}[method]
-    result = train(config, Path(model_path), tokenizer, data, out, log, accelerator)
+    result = train(StageContext(config, Path(model_path), tokenizer, data, out, log, accelerator))
     name = method.replace("-", "_")
     model = load_causal_lm(result.best_dir, tokenizer, config.model.dtype)
     tests = _test_sets(config, model, tokenizer, data, name, log, accelerator)
