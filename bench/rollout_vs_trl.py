@@ -36,7 +36,7 @@ Both sides get the same model, the same prompts, the same number of samples and 
   of its matmuls; that decoder keeps the KV cache in float32 on a CPU (the bf16 values, attended in float32).
 
 (a) Rollout tokens/s. reftkit: ``reftkit.trainers.common.sample_policy`` (``rollout.generate`` with
-``num_samples=k``: each prompt encoded once, its KV cache repeated for its k samples). TRL: the trainer's own
+``k`` samples per prompt: each prompt encoded once, its KV cache repeated for its k samples). TRL: the trainer's own
 ``GRPOTrainer._generate_single_turn`` on the same prompt ids repeated k times as its ``RepeatSampler`` repeats
 them: left-pad, ``model.generate(generation_config=...)`` with the ``GenerationConfig`` GRPOTrainer builds
 (``do_sample=True``, ``disable_compile=True``, ``cache_implementation=None``: a DynamicCache), the cut after EOS

@@ -2,6 +2,10 @@
 of ``rollout_backend``, and evaluation, sample files and training rollouts sample through whatever engine they
 are handed (here a scripted one, no model at all)."""
 
+import sys
+import types
+from types import SimpleNamespace
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -14,6 +18,7 @@ from reftkit.evaluation.sampling import sample_problems
 from reftkit.rollout.base import Batch, GenerationConfig, Responses, generation_config
 from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import DecoderEngine, generate, left_pad
+from reftkit.rollout.vllm_engine import VLLMEngine
 from reftkit.trainers.common import sample_policy
 
 PAD, EOS = 0, 1
@@ -135,3 +140,43 @@ def test_training_rollouts_repeat_each_prompt_for_its_samples():
     assert responses.ids.size(0) == 6
     ((asked, seen_gen, k, seen_generator, _),) = engine.calls
     assert asked == [tokenized[1], tokenized[0]] and seen_gen == gen and k == 3 and seen_generator is generator
+
+
+class FakeLLM:
+    """What ``VLLMEngine`` uses of ``vllm.LLM``, recording each call: weight loading, cache reset, generation."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+        model = SimpleNamespace(load_weights=lambda items: calls.append(("load", [name for name, _ in items])))
+        worker = SimpleNamespace(model_runner=SimpleNamespace(model=model))
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker))
+
+    def reset_prefix_cache(self) -> None:
+        self.calls.append(("reset",))
+
+    def generate(self, requests, params, use_tqdm=True):
+        self.calls.append(("generate", [r["prompt_token_ids"] for r in requests], params))
+        done = SimpleNamespace(token_ids=[7, EOS], finish_reason="stop")
+        return [SimpleNamespace(outputs=[done] * params["n"]) for _ in requests]
+
+
+def test_the_vllm_engine_syncs_the_policy_before_every_rollout(monkeypatch):
+    """Without vLLM: the engine pushes the current weights and resets its prefix cache before sampling, passes the
+    unpadded prompts, and maps the settings (top_k 0 is vLLM's -1) with a seed drawn from the generator."""
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams, vllm.TokensPrompt = dict, dict
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    calls: list = []
+    engine = object.__new__(VLLMEngine)  # no vLLM to start: only its LLM object is faked
+    engine.llm = FakeLLM(calls)
+    model, gen = torch.nn.Linear(2, 2), GenerationConfig(9, EOS, PAD, 0.7, 0, 0.9)
+    for _ in range(2):
+        out = engine.generate(model, left_pad([[5, 6], [7]], PAD), gen, 2, torch.Generator().manual_seed(0))
+    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(0)))
+    params = dict(n=2, temperature=0.7, top_k=-1, top_p=0.9, max_tokens=9, stop_token_ids=[EOS], seed=seed)
+    rollout = [("load", ["weight", "bias"]), ("reset",), ("generate", [[5, 6], [7]], params)]
+    assert calls == rollout * 2
+    assert out.ids.tolist() == [[7, EOS]] * 4 and not out.truncated.any()
+    with pytest.raises(ValueError, match="log-probs"):
+        engine.generate(model, left_pad([[5]], PAD), GenerationConfig(9, EOS, PAD, return_logprobs=True), 1,
+                        torch.Generator())  # fmt: skip
