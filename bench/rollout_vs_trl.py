@@ -36,7 +36,7 @@ Both sides get the same model, the same prompts, the same number of samples and 
   of its matmuls; that decoder keeps the KV cache in float32 on a CPU (the bf16 values, attended in float32).
 
 (a) Rollout tokens/s. reftkit: ``reftkit.trainers.common.sample_policy`` (``rollout.generate`` with
-``num_samples=k``: each prompt encoded once, its KV cache repeated for its k samples). TRL: the trainer's own
+``k`` samples per prompt: each prompt encoded once, its KV cache repeated for its k samples). TRL: the trainer's own
 ``GRPOTrainer._generate_single_turn`` on the same prompt ids repeated k times as its ``RepeatSampler`` repeats
 them: left-pad, ``model.generate(generation_config=...)`` with the ``GenerationConfig`` GRPOTrainer builds
 (``do_sample=True``, ``disable_compile=True``, ``cache_implementation=None``: a DynamicCache), the cut after EOS
@@ -111,6 +111,8 @@ from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.models.policy import PolicyWithValue
 from reftkit.reward.answers import RewardTable, grade_batch, trl_reward_function
 from reftkit.reward.sandbox import shutdown
+from reftkit.rollout.base import generation_config
+from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import decode_responses, encode_prompts
 from reftkit.rollout.lean import HFDecoder, make_decoder
 from reftkit.trainers.common import make_accelerator, param_count, sample_policy
@@ -236,6 +238,7 @@ def main() -> None:
 
     # reftkit: as train_reft sets it up
     cfg = config.reft
+    engine, gen = make_engine(cfg.rollout_backend), generation_config(cfg, tokenizer)
     policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer))
     ref = load_causal_lm(model_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
     value_params = [p for name, p in policy.named_parameters() if not name.startswith("lm.")]
@@ -305,7 +308,7 @@ def main() -> None:
     def reftkit_rollout(seed: int) -> tuple[float, int, int, float]:
         generator = torch.Generator(device=accelerator.device).manual_seed(seed)
         start, cpu = time.perf_counter(), time.process_time()
-        _, responses = sample_policy(lm, prompts, question_ids, cfg, tokenizer, generator, accelerator)
+        _, responses = sample_policy(engine, lm, prompts, question_ids, gen, args.k, generator, accelerator)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         samples["reftkit"] = kept_tokens(responses)
         return elapsed, int(responses.mask.sum().item()), responses.ids.numel(), cpu
@@ -345,7 +348,7 @@ def main() -> None:
         times: dict[str, float] = {}
         rng = torch.Generator(device=accelerator.device).manual_seed(2000 + round_)
         start = time.perf_counter()
-        batch, responses = sample_policy(lm, prompts, question_ids, cfg, tokenizer, rng, accelerator)
+        batch, responses = sample_policy(engine, lm, prompts, question_ids, gen, args.k, rng, accelerator)
         times["generate"] = time.perf_counter() - start
         times["tokens"] = float(responses.mask.sum())
         times["computed"] = float(responses.ids.numel())

@@ -43,6 +43,8 @@ from rollout_vs_trl import (  # the same model, prompts and batch as that bench
 from reftkit.data.base import prompt_text
 from reftkit.data.registry import load_task
 from reftkit.models.loading import load_causal_lm, load_tokenizer
+from reftkit.rollout.base import generation_config
+from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import encode_prompts
 from reftkit.trainers.common import make_accelerator, sample_policy
 
@@ -122,10 +124,13 @@ def main() -> None:
     prompts = encode_prompts(tokenizer, [prompt_text(p, COT) for p in problems])
     questions = list(range(args.questions))
     rates, contexts = [], []
+    engine, gen = make_engine(config.reft.rollout_backend), generation_config(config.reft, tokenizer)
     for round_ in range(1 + args.repeats):
         generator = torch.Generator().manual_seed(round_)
         start = time.perf_counter()
-        batch, responses = sample_policy(lm, prompts, questions, config.reft, tokenizer, generator, accelerator)
+        batch, responses = sample_policy(
+            engine, lm, prompts, questions, gen, config.reft.samples_per_question, generator, accelerator
+        )
         elapsed = time.perf_counter() - start
         if round_ == 0:
             continue

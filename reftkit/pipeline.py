@@ -41,6 +41,7 @@ from reftkit.trainers.reft import train_reft
 from reftkit.trainers.reward_model import load_reward_model, rm_examples, train_reward_model
 from reftkit.trainers.self_training import offline_st_problems, train_online_st
 from reftkit.trainers.sft import SFTResult, train_sft
+from reftkit.trainers.stepwise import StageContext
 
 STEPWISE = {"online-st": train_online_st, "reft": train_reft}
 """The methods trained step by step from the warm-up snapshot, in the order ``methods`` lists them."""
@@ -185,8 +186,8 @@ def _offline_st(run: Run, sft: SFTResult, warmup_samples: list[Sample]) -> None:
 def _stepwise(run: Run, method: str, warmup_dir: Path) -> None:
     """ReFT or online self-training from the warm-up snapshot; its epochs count on from the warm-up's."""
     result = STEPWISE[method](
-        run.config, warmup_dir, run.tokenizer, run.data, run.out, run.log, run.accelerator,
-        warmup_val_acc=run.arms["warmup"].val_acc, epoch_offset=run.config.sft.warmup_epochs,
+        StageContext(run.config, warmup_dir, run.tokenizer, run.data, run.out, run.log, run.accelerator,
+                     warmup_val_acc=run.arms["warmup"].val_acc, epoch_offset=run.config.sft.warmup_epochs)
     )  # fmt: skip
     run.arms[method.replace("-", "_")] = _arm(
         result.best_dir, result.last_dir, "step", result.best_step, result.val_history

@@ -40,6 +40,7 @@ from reftkit.trainers.reft import train_reft
 from reftkit.trainers.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
 from reftkit.trainers.self_training import train_online_st
 from reftkit.trainers.sft import train_sft
+from reftkit.trainers.stepwise import StageContext
 
 RewardModel = tuple[PreTrainedModel, PreTrainedTokenizerBase, str]
 """A loaded reward model: (model, tokenizer, its directory)."""
@@ -236,7 +237,7 @@ def run_reft_stage(
             load_causal_lm(model_path, tokenizer, config.model.dtype)
     folder.started(log)
     train = {"reft": train_reft, "online-st": train_online_st}[method]
-    result = train(config, Path(model_path), tokenizer, data, out, log, accelerator)
+    result = train(StageContext(config, Path(model_path), tokenizer, data, out, log, accelerator))
     name = method.replace("-", "_")
     model = load_causal_lm(result.best_dir, tokenizer, config.model.dtype)
     tests = test_sets(config, model, tokenizer, data, name, log, accelerator)

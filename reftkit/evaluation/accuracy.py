@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import EvalConfig
-from reftkit.data.base import AnswerType, CoT, Problem, prompt_text
+from reftkit.data.base import AnswerType, CoT, Problem
+from reftkit.evaluation.sampling import Sample
 from reftkit.reward.answers import Graded, frac_correct_chain_disagrees, grade_batch, outcome_counts
-from reftkit.rollout.generate import Responses, decode_responses, encode_prompts, generate, left_pad
-
-if TYPE_CHECKING:
-    from reftkit.evaluation.sampling import Sample
+from reftkit.rollout.base import GenerationConfig, RolloutEngine, generation_config
+from reftkit.rollout.engines import generate_by_length
+from reftkit.rollout.generate import decode_responses
 
 
 @dataclass
@@ -32,54 +29,21 @@ class EvalResult:
     frac_correct_chain_disagrees: float | None = None  # MCQ only: right letter after a chain that disagrees
 
 
-def generate_by_length(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: Sequence[Problem],
-    cot: CoT,
-    batch_size: int,
-    desc: str | None = None,
-    **generation: Any,
-) -> Iterator[tuple[list[int], Responses]]:
-    """``generate`` over the problems' prompts in batches of similar length: yields (problem indices, responses).
-
-    The model is in eval mode meanwhile; ``generation`` goes to ``reftkit.rollout.generate.generate``.
-    """
-    prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in problems])
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
-            rows = order[start : start + batch_size]
-            batch = left_pad([prompts[i] for i in rows], tokenizer.pad_token_id)
-            yield (
-                rows,
-                generate(model, batch, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, **generation),
-            )
-    finally:
-        model.train(was_training)
-
-
 def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
     cot: CoT,
-    max_new_tokens: int,
+    gen: GenerationConfig,
     batch_size: int,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
     desc: str | None = None,
+    engine: RolloutEngine | None = None,
 ) -> tuple[list[str], list[int]]:
-    """Completions (and their token lengths) in input order; batches are sorted by prompt length."""
+    """Completions of greedy ``gen`` (no random draws) and their token lengths, in input order; batches are sorted
+    by prompt length."""
     texts: list[str] = [""] * len(problems)
     lengths: list[int] = [0] * len(problems)
-    batches = generate_by_length(
-        model, tokenizer, problems, cot, batch_size, desc,
-        max_new_tokens=max_new_tokens, temperature=temperature, generator=generator,
-    )  # fmt: skip
+    batches = generate_by_length(model, tokenizer, problems, cot, batch_size, gen, desc=desc, engine=engine)
     for rows, responses in batches:
         for row, text, length in zip(
             rows, decode_responses(tokenizer, responses), responses.mask.sum(1).tolist(), strict=True
@@ -97,10 +61,12 @@ def evaluate_greedy(
     settings: EvalConfig,
     desc: str | None = None,
     answer_type: AnswerType = "numeric",
+    engine: RolloutEngine | None = None,
 ) -> EvalResult:
-    texts, lengths = sample_completions(
-        model, tokenizer, problems, cot, settings.max_new_tokens, settings.batch_size, desc=desc
-    )
+    """Greedy accuracy (and outcome counts, mean length, completions) of ``model`` on ``problems``; ``engine``
+    decodes (None: ``make_engine("auto")``)."""
+    gen = generation_config(settings, tokenizer)
+    texts, lengths = sample_completions(model, tokenizer, problems, cot, gen, settings.batch_size, desc, engine)
     graded = grade_batch(problems, texts, cot, answer_type, timeout=settings.program_timeout)
     counts = outcome_counts(graded)
     hacking = frac_correct_chain_disagrees(graded, texts, [p.question for p in problems], answer_type)

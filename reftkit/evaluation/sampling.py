@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import ConfigError, EvalConfig, SampleConfig
 from reftkit.data.base import AnswerType, CoT, Problem
-from reftkit.evaluation.accuracy import generate_by_length
 from reftkit.reward.answers import Outcome, grade_batch
+from reftkit.rollout.base import RolloutEngine, generation_config
+from reftkit.rollout.engines import generate_by_length
 from reftkit.rollout.generate import decode_responses
 
 
@@ -72,20 +73,20 @@ def sample_problems(
     seed: int,
     answer_type: AnswerType = "numeric",
     desc: str | None = None,
+    engine: RolloutEngine | None = None,
 ) -> tuple[list[Sample], dict[str, float]]:
     """``n`` graded samples per problem (rows grouped by problem, in input order) and throughput figures.
 
     Batches hold ``settings.questions_per_batch`` prompts of similar length; each prompt is encoded once
-    and its KV cache shared by its ``n`` samples.
+    and its KV cache shared by its ``n`` samples. ``engine`` samples (None: ``make_engine("auto")``).
     """
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    gen = replace(generation_config(settings, tokenizer, eval_settings.max_new_tokens), return_logprobs=True)
     per_problem: list[list[tuple[str, float, int]]] = [[] for _ in problems]
     started = time.time()
     batches = generate_by_length(
-        model, tokenizer, problems, cot, settings.questions_per_batch, desc,
-        max_new_tokens=settings.max_new_tokens or eval_settings.max_new_tokens, temperature=settings.temperature,
-        top_k=settings.top_k, top_p=settings.top_p, generator=generator, num_samples=n, return_logprobs=True,
-    )  # fmt: skip
+        model, tokenizer, problems, cot, settings.questions_per_batch, gen, n, generator, desc, engine
+    )
     for rows, responses in batches:
         texts = decode_responses(tokenizer, responses)
         logprobs = responses.logprobs.sum(1).tolist()  # type: ignore[union-attr]

@@ -1,42 +1,18 @@
-"""Batched sampling with a KV cache and explicit position ids.
+"""The sampling loop of the engines that decode in this process (``rollout_backend`` auto, hf, lean): batched
+sampling with a KV cache and explicit position ids, over the decoder ``reftkit.rollout.lean.make_decoder`` picks.
 
-Prompts are left-padded and responses right-padded, so one row is ``[pad.. prompt | response .. pad]``.
 Positions come from the attention mask in sampling and in scoring alike (the reference scored padded
 rows at other positions than it sampled them, REFERENCE.md F.5).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.rollout.lean import make_decoder
+from reftkit.rollout.base import Batch, GenerationConfig, Responses
+from reftkit.rollout.lean import DecoderChoice, make_decoder
 from reftkit.runtime.distributed import gather_rows, owned, reduce_max, world
-
-
-@dataclass
-class Batch:
-    """Left-padded prompts: ``ids`` and ``mask`` are [B, P]."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-
-
-@dataclass
-class Responses:
-    """Right-padded samples: ``ids`` [B, R] (pad after the end) and ``mask`` [B, R], 1.0 for every
-    generated token up to and including EOS (all of them when the sample was cut at the length limit).
-    ``truncated`` [B] is True where no EOS was produced."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    truncated: torch.Tensor
-    logprobs: torch.Tensor | None = None
-    """[B, R] log-probability of each generated token under the distribution it was drawn from (``warp_logits``:
-    temperature, top-k, top-p; the model's own at the defaults), 0 on padding; only with ``return_logprobs=True``."""
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
@@ -113,52 +89,56 @@ def _exponential_noise(rows: int, vocab: int, device: torch.device, generator: t
     return torch.empty((rows, vocab), device=device).exponential_(1, generator=generator)
 
 
+class DecoderEngine:
+    """The engine of ``rollout_backend`` auto, hf and lean: ``generate`` below, in this process, over the decoder
+    ``decoder`` names (``make_decoder``: auto is the lean one for Llama-family models, else the HF forward)."""
+
+    def __init__(self, decoder: DecoderChoice = "auto") -> None:
+        self.decoder = decoder
+
+    def generate(
+        self,
+        model: PreTrainedModel,
+        prompts: Batch,
+        gen: GenerationConfig,
+        k: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Responses:
+        return generate(model, prompts, gen, k, generator, self.decoder)
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
     prompts: Batch,
-    max_new_tokens: int,
-    eos_id: int,
-    pad_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    gen: GenerationConfig,
+    k: int = 1,
     generator: torch.Generator | None = None,
-    num_samples: int = 1,
-    return_logprobs: bool = False,
-    decoder: str = "auto",
+    decoder: DecoderChoice = "auto",
 ) -> Responses:
-    """Sample (or, with ``temperature=0``, greedily decode) up to ``max_new_tokens`` per prompt.
+    """Sample (or, with ``temperature=0``, greedily decode) up to ``gen.max_new_tokens`` per prompt.
 
-    ``decoder`` picks the KV-cached decoder (``reftkit.rollout.lean``): ``auto`` (the lean one for Llama-family
-    models, else the HF forward), ``hf`` or ``lean``.
-
-    With ``num_samples`` > 1 each prompt is encoded once and its KV cache repeated for its samples; the
-    rows of the result are prompt 0's samples, then prompt 1's, and so on. Under several processes each
-    generates the samples of its share of the prompts and every process gets all of them back
-    (``reftkit.runtime.distributed``); the samples are the ones one process would draw, up to rounding.
+    With ``k`` > 1 each prompt is encoded once and its KV cache repeated for its samples; the rows of the result
+    are prompt 0's samples, then prompt 1's, and so on. Under several processes each generates the samples of
+    its share of the prompts and every process gets all of them back (``reftkit.runtime.distributed``); the
+    samples are the ones one process would draw, up to rounding.
     """
-    settings: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
-        top_p=top_p, generator=generator, num_samples=num_samples, return_logprobs=return_logprobs,
-        decoder=decoder,
-    )  # fmt: skip
     if world()[1] == 1:
-        return _generate_rows(model, prompts, **settings)
+        return _generate_rows(model, prompts, gen, k, generator, decoder)
     n = prompts.ids.size(0)
     mine = owned(n)
-    rows = [j * num_samples + s for j in mine for s in range(num_samples)]
+    rows = [j * k + s for j in mine for s in range(k)]
     local = None
     if mine:
         batch = Batch(prompts.ids[mine], prompts.mask[mine])
-        local = _generate_rows(model, batch, **settings, noise_rows=(rows, n * num_samples))
+        local = _generate_rows(model, batch, gen, k, generator, decoder, noise_rows=(rows, n * k))
     steps = local.ids.size(1) if local is not None else 0
     width = reduce_max(steps)
-    if temperature > 0:  # draw what the longer shares drew, so every generator stays in step
+    if gen.temperature > 0:  # draw what the longer shares drew, so every generator stays in step
         device = next(model.parameters()).device
         for _ in range(width - steps):
-            _exponential_noise(n * num_samples, model.get_output_embeddings().out_features, device, generator)
-    return _gather_responses(local, n, num_samples, width, pad_id)
+            _exponential_noise(n * k, model.get_output_embeddings().out_features, device, generator)
+    return _gather_responses(local, n, k, width, gen.pad_id)
 
 
 def _gather_responses(local: Responses | None, n: int, k: int, width: int, pad_id: int) -> Responses:
@@ -186,16 +166,10 @@ def _gather_responses(local: Responses | None, n: int, k: int, width: int, pad_i
 def _generate_rows(
     model: PreTrainedModel,
     prompts: Batch,
-    max_new_tokens: int,
-    eos_id: int,
-    pad_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-    num_samples: int = 1,
-    return_logprobs: bool = False,
-    decoder: str = "auto",
+    gen: GenerationConfig,
+    k: int,
+    generator: torch.Generator | None,
+    decoder: DecoderChoice,
     noise_rows: tuple[list[int], int] | None = None,
 ) -> Responses:
     """``generate`` in this process; ``noise_rows`` places its rows in the global batch (see ``_pick``).
@@ -205,30 +179,30 @@ def _generate_rows(
     """
     device = next(model.parameters()).device
     steps = make_decoder(model, decoder)
-    logits = steps.start(prompts.ids.to(device), prompts.mask.to(device), num_samples, max_new_tokens)
+    logits = steps.start(prompts.ids.to(device), prompts.mask.to(device), k, gen.max_new_tokens)
     batch = logits.size(0)
     global_rows, total = noise_rows if noise_rows is not None else (list(range(batch)), batch)
     global_rows = torch.tensor(global_rows, device=device)
-    ids = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((batch, max_new_tokens), device=device)
-    logprobs = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None
+    ids = torch.full((batch, gen.max_new_tokens), gen.pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((batch, gen.max_new_tokens), device=device)
+    logprobs = torch.zeros((batch, gen.max_new_tokens), device=device) if gen.return_logprobs else None
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     held = torch.arange(batch, device=device)  # the rows in the decoder's batch, by their index in the result
-    for t in range(max_new_tokens):
+    for t in range(gen.max_new_tokens):
         live = ~ended[held]
         rows, live_logits = held[live], logits[live]
-        token = _pick(live_logits, temperature, top_k, top_p, generator, global_rows[rows], total)
+        token = _pick(live_logits, gen.temperature, gen.top_k, gen.top_p, generator, global_rows[rows], total)
         ids[rows, t] = token
         mask[rows, t] = 1.0
         if logprobs is not None:
-            warped = warp_logits(live_logits, temperature or 1.0, top_k, top_p)
+            warped = warp_logits(live_logits, gen.temperature or 1.0, gen.top_k, gen.top_p)
             logprobs[rows, t] = warped.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
-        ended[rows] = token == eos_id
+        ended[rows] = token == gen.eos_id
         width = t + 1
         if bool(ended.all()):
             break
-        if t + 1 < max_new_tokens:
-            step_tokens = torch.full_like(held, pad_id)
+        if t + 1 < gen.max_new_tokens:
+            step_tokens = torch.full_like(held, gen.pad_id)
             step_tokens[live] = token
             if steps.can_drop and 8 * int(ended[held].sum()) >= held.numel():
                 keep = (~ended[held]).nonzero().squeeze(1)

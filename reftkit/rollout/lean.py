@@ -16,7 +16,7 @@ Both decoders can drop finished rows (``keep``), so the rows that stopped early 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from reftkit.models.policy import position_ids_from_mask
 
 LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")
+DecoderChoice = Literal["auto", "hf", "lean"]
 
 
 class Decoder(Protocol):
@@ -46,7 +47,7 @@ class Decoder(Protocol):
         ...
 
 
-def make_decoder(model: PreTrainedModel, backend: str = "auto") -> Decoder:
+def make_decoder(model: PreTrainedModel, backend: DecoderChoice = "auto") -> Decoder:
     """``lean`` where the architecture allows it (``auto``), else the HF forward; ``hf`` forces the latter."""
     if backend not in ("auto", "hf", "lean"):
         raise ValueError(f"decoder backend must be auto, hf or lean, not {backend!r}")

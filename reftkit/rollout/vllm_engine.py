@@ -4,9 +4,9 @@ The engine lives in the training process beside the policy (vLLM's ``external_la
 colocate mode), starts from the warm-up directory, and before every rollout receives the policy's current
 weights (LoRA adapters merged) through the model's own ``load_weights``; its prefix cache is reset then, so
 no stale KV is reused. Each rollout's vLLM seed is drawn from reftkit's sampling generator, so a resumed run
-draws what the uninterrupted one drew. Needs ``pip install vllm`` and one process per GPU; untested on the
-CPU-only machines reftkit is developed on (its tests skip there, and the conversion of vLLM's outputs into
-``Responses`` is tested without vLLM).
+draws what the uninterrupted one drew. Needs ``pip install vllm`` (imported here only when an engine starts)
+and one process per GPU; untested on the CPU-only machines reftkit is developed on (its tests skip there, and
+the conversion of vLLM's outputs into ``Responses`` is tested without vLLM).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from reftkit.config.schema import ConfigError, ReFTConfig
+from reftkit.config.schema import ConfigError
 from reftkit.models.trainable import is_lora, merged_state_dict
-from reftkit.rollout.generate import Responses
+from reftkit.rollout.base import Batch, GenerationConfig, Responses
 from reftkit.runtime.distributed import world
 
 
@@ -37,10 +37,10 @@ def vllm_unavailable() -> str | None:
     return None
 
 
-class VLLMRollout:
-    """A vLLM engine that samples the policy's rollouts; ``sample`` syncs the weights first."""
+class VLLMEngine:
+    """A vLLM engine that samples the policy's rollouts; ``generate`` syncs the weights first."""
 
-    def __init__(self, model_dir: str | Path, cfg: ReFTConfig, gpu_memory_utilization: float = 0.3) -> None:
+    def __init__(self, model_dir: str | Path, gpu_memory_utilization: float = 0.3) -> None:
         if (reason := vllm_unavailable()) is not None:
             raise ConfigError(f"reft.rollout_backend=vllm: {reason}; use auto, lean or hf")
         from vllm import LLM
@@ -50,7 +50,6 @@ class VLLMRollout:
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        self.cfg = cfg
         self.llm = LLM(
             model=str(model_dir),
             dtype="bfloat16",
@@ -68,33 +67,36 @@ class VLLMRollout:
         self.llm.reset_prefix_cache()
 
     @torch.no_grad()
-    def sample(
+    def generate(
         self,
-        lm: PreTrainedModel,
-        prompts: Sequence[list[int]],
-        k: int,
-        eos_id: int,
-        pad_id: int,
-        generator: torch.Generator,
+        model: PreTrainedModel,
+        prompts: Batch,
+        gen: GenerationConfig,
+        k: int = 1,
+        generator: torch.Generator | None = None,
     ) -> Responses:
-        """``k`` samples of each prompt (rows grouped by prompt), as ``reftkit.rollout.generate.generate`` gives."""
+        """``k`` samples of each prompt (rows grouped by prompt) with ``model``'s weights, as
+        ``reftkit.rollout.generate.generate`` gives; vLLM keeps its own precision (no caller's autocast)."""
         from vllm import SamplingParams, TokensPrompt
 
-        self.sync(lm)
-        cfg = self.cfg
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
-        params = SamplingParams(
-            n=k,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k if cfg.top_k > 0 else -1,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_new_tokens,
-            stop_token_ids=[eos_id],
-            seed=seed,
-        )
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
-        device = next(lm.parameters()).device
-        return responses_from_outputs(outputs, eos_id, pad_id, device)
+        if gen.return_logprobs or generator is None:
+            raise ValueError("the vLLM engine needs a generator (its seed) and returns no log-probs")
+        with torch.autocast("cuda", enabled=False):
+            self.sync(model)
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+            params = SamplingParams(
+                n=k,
+                temperature=gen.temperature,
+                top_k=gen.top_k if gen.top_k > 0 else -1,
+                top_p=gen.top_p,
+                max_tokens=gen.max_new_tokens,
+                stop_token_ids=[gen.eos_id],
+                seed=seed,
+            )
+            requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompts.unpadded()]
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        device = next(model.parameters()).device
+        return responses_from_outputs(outputs, gen.eos_id, gen.pad_id, device)
 
 
 def responses_from_outputs(outputs: Sequence[Any], eos_id: int, pad_id: int, device: torch.device) -> Responses:

@@ -10,24 +10,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from reftkit.config.schema import TrainingError
+from reftkit.config.schema import ReFTConfig, RunConfig, TrainingError
+from reftkit.data.base import TaskData
 from reftkit.evaluation.accuracy import evaluate_greedy
-from reftkit.rollout.generate import Batch, Responses, generate, left_pad
+from reftkit.rollout.base import Batch, GenerationConfig, Responses, RolloutEngine
+from reftkit.rollout.generate import left_pad
 from reftkit.runtime.distributed import is_main, launched
 from reftkit.runtime.trackers import tracker_values
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    from reftkit.config.schema import ReFTConfig, RunConfig
-    from reftkit.data.base import TaskData
-    from reftkit.rollout.vllm_engine import VLLMRollout
 
 
 def make_accelerator(mixed_precision: str, weight_dtype: str = "float32") -> Accelerator:
@@ -310,46 +306,19 @@ def split_rows(rows: list[Any], parts: int) -> list[list[Any]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
 
 
-def rollout_engine(cfg: ReFTConfig, model_dir: Path) -> VLLMRollout | None:
-    """The vLLM engine for ``reft.rollout_backend=vllm``, started from ``model_dir``; else None (rollouts decode
-    in this process with ``reftkit.rollout.generate.generate``)."""
-    if cfg.rollout_backend != "vllm":
-        return None
-    from reftkit.rollout.vllm_engine import VLLMRollout
-
-    return VLLMRollout(model_dir, cfg)
-
-
 def sample_policy(
+    engine: RolloutEngine,
     lm: PreTrainedModel,
     prompts: list[list[int]],
     questions: list[int],
-    cfg: ReFTConfig,
-    tokenizer: PreTrainedTokenizerBase,
+    gen: GenerationConfig,
+    k: int,
     generator: torch.Generator,
     accelerator: Accelerator,
-    engine: VLLMRollout | None = None,
 ) -> tuple[Batch, Responses]:
-    """``cfg.samples_per_question`` rollouts of each question (rows grouped by question, each prompt encoded
-    once) and the left-padded prompts repeated to match those rows; sampled by ``engine`` when one is given."""
-    chosen = [prompts[i] for i in questions]
-    batch = left_pad(chosen, tokenizer.pad_token_id)
-    k = cfg.samples_per_question
-    if engine is not None:
-        responses = engine.sample(lm, chosen, k, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
-    else:
-        with accelerator.autocast():
-            responses = generate(
-                lm,
-                batch,
-                cfg.max_new_tokens,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                cfg.temperature,
-                cfg.top_k,
-                cfg.top_p,
-                generator,
-                num_samples=k,
-                decoder=cfg.rollout_backend,
-            )
+    """``k`` rollouts of each question by ``engine`` (rows grouped by question, each prompt encoded once) and the
+    left-padded prompts repeated to match those rows."""
+    batch = left_pad([prompts[i] for i in questions], gen.pad_id)
+    with accelerator.autocast():
+        responses = engine.generate(lm, batch, gen, k, generator)
     return Batch(batch.ids.repeat_interleave(k, 0), batch.mask.repeat_interleave(k, 0)), responses

@@ -27,10 +27,10 @@ from reftkit.models.policy import PolicyWithValue, position_ids_from_mask, refer
 from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import frac_correct_chain_disagrees
 from reftkit.rl import ppo
-from reftkit.rollout.generate import Responses, warp_logits
+from reftkit.rollout.base import Responses
+from reftkit.rollout.generate import warp_logits
 from reftkit.runtime.distributed import local_rows, owned, world
 from reftkit.trainers.common import (
-    MetricsLog,
     NonFiniteGuard,
     apply_gradients,
     backward_parts,
@@ -38,7 +38,7 @@ from reftkit.trainers.common import (
     write_atomically,
 )
 from reftkit.trainers.sft import collate, sft_loss, tokenize_examples
-from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
+from reftkit.trainers.stepwise import Rollout, StageContext, StepResult, StepwiseTrainer, train_stepwise
 
 
 @dataclass
@@ -118,30 +118,25 @@ def sampling_of(cfg: ReFTConfig) -> tuple[float, int, float]:
     return cfg.temperature, cfg.top_k, cfg.top_p
 
 
-def train_reft(
-    config: RunConfig,
-    warmup_dir: Path,
-    tokenizer: PreTrainedTokenizerBase,
-    data: TaskData,
-    out_dir: Path,
-    log: MetricsLog,
-    accelerator: Accelerator,
-    warmup_val_acc: float | None = None,
-    epoch_offset: float = 0.0,
-) -> StepResult:
-    """PPO from ``warmup_dir`` for ``reft.epochs`` epochs; keeps the best-on-validation and the last policy."""
+def train_reft(ctx: StageContext) -> StepResult:
+    """PPO from the warm-up for ``reft.epochs`` epochs; keeps the best-on-validation and the last policy."""
+    return train_stepwise(ctx, "reft", _reft_trainer)
+
+
+def _reft_trainer(ctx: StageContext) -> StepwiseTrainer:
+    """The policy (with its value head or model), the frozen reference, the optimizer and the PPO update."""
+    config, tokenizer, accelerator = ctx.config, ctx.tokenizer, ctx.accelerator
     cfg = config.reft
-    checkpoints, done = start_stage("reft", out_dir, config, log, accelerator)
-    if done is not None:
-        return done
     lm_options = (tokenizer, config.model, config.seed)
     critic = ppo.ESTIMATORS[cfg.advantage].needs_critic
-    value_lm = load_trainable_lm(warmup_dir, *lm_options) if critic and cfg.value_model == "separate" else None
-    policy = PolicyWithValue(load_trainable_lm(warmup_dir, *lm_options), value_lm, critic=critic)
-    ref = reference_model(warmup_dir, tokenizer, cfg, policy.lm, accelerator.device) if cfg.kl_coef > 0 else None
+    value_lm = load_trainable_lm(ctx.warmup_dir, *lm_options) if critic and cfg.value_model == "separate" else None
+    policy = PolicyWithValue(load_trainable_lm(ctx.warmup_dir, *lm_options), value_lm, critic=critic)
+    ref = None
+    if cfg.kl_coef > 0:
+        ref = reference_model(ctx.warmup_dir, tokenizer, cfg, policy.lm, accelerator.device)
     gold = None
     if cfg.sft_coef > 0:
-        gold = GoldChains(tokenize_examples(tokenizer, data.train, config.task.cot), tokenizer.pad_token_id)  # type: ignore[arg-type]
+        gold = GoldChains(tokenize_examples(tokenizer, ctx.data.train, config.task.cot), tokenizer.pad_token_id)  # type: ignore[arg-type]
     groups = policy.param_groups(cfg.lr, cfg.value_lr or cfg.lr)
     optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
@@ -154,15 +149,11 @@ def train_reft(
         if guard.ok(finite, "KL or value"):
             value_only = step <= cfg.value_warmup_steps
             stats = ppo_update(policy, optimizer, exp, config, accelerator, guard, value_only, gold)
-        return {**experience_figures(exp, accelerator), **stats, **_mcq_figures(rollout, data)}
+        return {**experience_figures(exp, accelerator), **stats, **_mcq_figures(rollout, ctx.data)}
 
-    trainer = StepwiseTrainer(
-        "reft", policy, optimizer, lambda: accelerator.unwrap_model(policy).lm,
+    return StepwiseTrainer(
+        policy, optimizer, lambda: accelerator.unwrap_model(policy).lm,
         lambda target: _save(accelerator, policy, tokenizer, target), update,
-    )  # fmt: skip
-    return run_steps(
-        trainer, checkpoints, config, warmup_dir, tokenizer, data, out_dir, log, accelerator, warmup_val_acc,
-        epoch_offset,
     )  # fmt: skip
 
 

@@ -14,21 +14,17 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase
 
-from reftkit.config.schema import RunConfig
-from reftkit.data.base import ANSWER_TRIGGER, CoT, Problem, TaskData, full_program, target_text
+from reftkit.data.base import ANSWER_TRIGGER, CoT, Problem, full_program, target_text
 from reftkit.evaluation.sampling import Sample, by_question
 from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import Outcome
-from reftkit.trainers.common import MetricsLog, NonFiniteGuard, apply_gradients, backward_parts
+from reftkit.trainers.common import NonFiniteGuard, apply_gradients, backward_parts
 from reftkit.trainers.sft import save_model, sft_loss_parts, tokenize_examples
-from reftkit.trainers.stepwise import Rollout, StepResult, StepwiseTrainer, run_steps, start_stage
+from reftkit.trainers.stepwise import Rollout, StageContext, StepResult, StepwiseTrainer, train_stepwise
 
 
 def chain_from_completion(problem: Problem, completion: str, cot: CoT) -> str | None:
@@ -63,27 +59,20 @@ def offline_st_problems(
     return data
 
 
-def train_online_st(
-    config: RunConfig,
-    warmup_dir: Path,
-    tokenizer: PreTrainedTokenizerBase,
-    data: TaskData,
-    out_dir: Path,
-    log: MetricsLog,
-    accelerator: Accelerator,
-    warmup_val_acc: float | None = None,
-    epoch_offset: float = 0.0,
-) -> StepResult:
+def train_online_st(ctx: StageContext) -> StepResult:
     """Online self-training from the warm-up with ReFT's sampling, steps, learning rate and selection."""
+    return train_stepwise(ctx, "online_st", _online_st_trainer)
+
+
+def _online_st_trainer(ctx: StageContext) -> StepwiseTrainer:
+    """The policy, its optimizer and the cross-entropy update on each step's correct samples (and gold chains)."""
+    config, tokenizer, accelerator = ctx.config, ctx.tokenizer, ctx.accelerator
     cfg = config.reft
-    checkpoints, done = start_stage("online_st", out_dir, config, log, accelerator)
-    if done is not None:
-        return done
-    model = load_trainable_lm(warmup_dir, tokenizer, config.model, config.seed)
+    model = load_trainable_lm(ctx.warmup_dir, tokenizer, config.model, config.seed)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, as in ReFT
-    gold = tokenize_examples(tokenizer, data.train, config.task.cot)  # type: ignore[arg-type]
+    gold = tokenize_examples(tokenizer, ctx.data.train, config.task.cot)  # type: ignore[arg-type]
     pad = tokenizer.pad_token_id
 
     def update(rollout: Rollout, step: int, guard: NonFiniteGuard) -> dict[str, Any]:
@@ -110,11 +99,7 @@ def train_online_st(
             losses.append(accelerator.reduce(loss, reduction="mean").item())
         return {"kept": len(correct), "loss": sum(losses) / len(losses) if losses else None}
 
-    trainer = StepwiseTrainer(
-        "online_st", model, optimizer, lambda: accelerator.unwrap_model(model),
+    return StepwiseTrainer(
+        model, optimizer, lambda: accelerator.unwrap_model(model),
         lambda target: save_model(accelerator, accelerator.unwrap_model(model), tokenizer, target), update,
-    )  # fmt: skip
-    return run_steps(
-        trainer, checkpoints, config, warmup_dir, tokenizer, data, out_dir, log, accelerator, warmup_val_acc,
-        epoch_offset,
     )  # fmt: skip

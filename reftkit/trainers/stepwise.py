@@ -4,7 +4,8 @@ Every step: take the step's training questions, sample ``samples_per_question`` 
 grade them (one ``Rollout``), hand the rollout to the trainer's ``update`` (PPO, or cross-entropy on the correct
 chains), log the rollout's and the update's figures; every ``eval_every`` steps validate and keep the best
 checkpoint; save a resumable checkpoint when one is due. Resume, selection, the non-finite guard, the progress
-bar and the final save live here once; a trainer hands over only what differs (``StepwiseTrainer``).
+bar and the final save live here once. Every stage gets the same inputs (``StageContext``); a trainer hands the
+loop only what differs (``StepwiseTrainer``: its model, optimizer, saving and update), through ``train_stepwise``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from reftkit.config.schema import RunConfig
 from reftkit.data.base import CoT, Problem, TaskData, prompt_text
 from reftkit.reward.answers import Graded, RewardTable, grade_batch, outcome_counts
-from reftkit.rollout.generate import Batch, Responses, decode_responses, encode_prompts
+from reftkit.rollout.base import Batch, Responses, generation_config
+from reftkit.rollout.engines import make_engine
+from reftkit.rollout.generate import decode_responses, encode_prompts
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,
     NonFiniteGuard,
     Selection,
     question_batches,
-    rollout_engine,
     sample_policy,
     step_plan,
     validation_accuracy,
@@ -78,11 +80,28 @@ class Rollout:
 
 
 @dataclass
-class StepwiseTrainer:
-    """What a step-wise trainer hands the loop: its stage name, the prepared model and optimizer, how to reach the
-    LM that samples and is validated, how to save it, and its update (rollout, step, guard -> logged figures)."""
+class StageContext:
+    """What every step-wise stage is given by the pipeline: the run's config and data, the warm-up it starts from,
+    where it writes, and the log and accelerator of the run."""
 
-    stage: str
+    config: RunConfig
+    warmup_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    data: TaskData
+    out_dir: Path
+    log: MetricsLog
+    accelerator: Accelerator
+    warmup_val_acc: float | None = None
+    """The warm-up's validation accuracy, logged as step 0 (None: validated again)."""
+    epoch_offset: float = 0.0
+    """Places the logged epochs after the warm-up's, so curves of both stages share an axis."""
+
+
+@dataclass
+class StepwiseTrainer:
+    """What a step-wise trainer hands the loop: the prepared model and optimizer, how to reach the LM that samples
+    and is validated, how to save it, and its update (rollout, step, guard -> logged figures)."""
+
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     lm: Callable[[], PreTrainedModel]
@@ -90,46 +109,33 @@ class StepwiseTrainer:
     update: Callable[[Rollout, int, NonFiniteGuard], dict[str, Any]]
 
 
-def start_stage(
-    stage: str, out_dir: Path, config: RunConfig, log: MetricsLog, accelerator: Accelerator
-) -> tuple[StageCheckpoints, StepResult | None]:
-    """The stage's checkpoints and, when the stage already finished, its result (nothing to train)."""
-    checkpoints = StageCheckpoints(out_dir, stage, config.checkpoint, log, accelerator)
+def train_stepwise(ctx: StageContext, stage: str, build: Callable[[StageContext], StepwiseTrainer]) -> StepResult:
+    """Stage ``stage``: its result when it already finished, else the trainer ``build`` makes, trained by
+    ``run_steps`` (built after the stage's record is read, so a finished stage loads no model)."""
+    checkpoints = StageCheckpoints(ctx.out_dir, stage, ctx.config.checkpoint, ctx.log, ctx.accelerator)
     done = checkpoints.finished()
-    return checkpoints, None if done is None else result_from_json(StepResult, done)
+    if done is not None:
+        return result_from_json(StepResult, done)
+    return run_steps(ctx, stage, build(ctx), checkpoints)
 
 
-def run_steps(
-    trainer: StepwiseTrainer,
-    checkpoints: StageCheckpoints,
-    config: RunConfig,
-    warmup_dir: Path,
-    tokenizer: PreTrainedTokenizerBase,
-    data: TaskData,
-    out_dir: Path,
-    log: MetricsLog,
-    accelerator: Accelerator,
-    warmup_val_acc: float | None = None,
-    epoch_offset: float = 0.0,
-) -> StepResult:
+def run_steps(ctx: StageContext, stage: str, trainer: StepwiseTrainer, checkpoints: StageCheckpoints) -> StepResult:
     """``reft.epochs`` epochs (capped by ``reft.max_steps``) of sample-grade-update steps from the warm-up; keeps the
-    best-on-validation (``checkpoints/<stage>``) and the last (``<stage>_last``) model.
-
-    ``epoch_offset`` places the logged epochs after the warm-up's, so curves of both stages share an axis."""
+    best-on-validation (``checkpoints/<stage>``) and the last (``<stage>_last``) model."""
+    config, tokenizer, data, log, accelerator = ctx.config, ctx.tokenizer, ctx.data, ctx.log, ctx.accelerator
     cfg = config.reft
     cot: CoT = config.task.cot  # type: ignore[assignment]
-    stage = trainer.stage
     table = RewardTable(partial_reward=cfg.partial_reward)
     prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
     sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
     steps_per_epoch, total_steps = step_plan(len(prompts), cfg)
-    dirs = {name: out_dir / "checkpoints" / name for name in (stage, f"{stage}_last")}
+    dirs = {name: ctx.out_dir / "checkpoints" / name for name in (stage, f"{stage}_last")}
     selection = Selection()
 
     def validate(step: int, known: float | None = None) -> None:
         if known is None:
             known = validation_accuracy(trainer.lm(), tokenizer, data, config, accelerator)
-        log.write(f"{stage}_eval", step, epoch=epoch_offset + step / steps_per_epoch, val_acc=known)
+        log.write(f"{stage}_eval", step, epoch=ctx.epoch_offset + step / steps_per_epoch, val_acc=known)
         if selection.record(step, known):
             trainer.save(dirs[stage])
 
@@ -137,16 +143,16 @@ def run_steps(
     generators = {"sample": sample_rng}
     start = checkpoints.load_stepwise(trainer.model, trainer.optimizer, generators, selection, guard)
     if start == 0:
-        validate(0, warmup_val_acc)
-    engine = rollout_engine(cfg, warmup_dir)
+        validate(0, ctx.warmup_val_acc)
+    engine = make_engine(cfg.rollout_backend, ctx.warmup_dir)  # type: ignore[arg-type]
+    gen, k = generation_config(cfg, tokenizer), cfg.samples_per_question
     bar = tqdm(total=total_steps, initial=start, desc=stage.replace("_", "-"), unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
     for step, questions in batches:
         guard.step = step
         started = time.time()
-        lm = trainer.lm()
-        batch, responses = sample_policy(lm, prompts, questions, cfg, tokenizer, sample_rng, accelerator, engine)
-        rows = [q for q in questions for _ in range(cfg.samples_per_question)]
+        batch, responses = sample_policy(engine, trainer.lm(), prompts, questions, gen, k, sample_rng, accelerator)
+        rows = [q for q in questions for _ in range(k)]
         problems = [data.train[i] for i in rows]
         texts = decode_responses(tokenizer, responses)
         graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
@@ -154,7 +160,7 @@ def run_steps(
         rollout = Rollout(torch.tensor(rows), batch, responses, problems, texts, graded, scores)
         figures = {**rollout.figures(), **trainer.update(rollout, step, guard)}
         figures["step_seconds"] = time.time() - started
-        log.write(stage, step, epoch=epoch_offset + step / steps_per_epoch, **figures)
+        log.write(stage, step, epoch=ctx.epoch_offset + step / steps_per_epoch, **figures)
         bar.update(1)
         shown = {"reward": f"{float(figures['reward']):.2f}"}
         shown |= {"kl": f"{float(figures['kl']):.2f}"} if "kl" in figures else {}

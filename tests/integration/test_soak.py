@@ -22,6 +22,7 @@ from reftkit.data.registry import load_task
 from reftkit.models.loading import build_tiny, load_tokenizer
 from reftkit.trainers.common import MetricsLog, make_accelerator
 from reftkit.trainers.reft import train_reft
+from reftkit.trainers.stepwise import StageContext
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def test_ppo_memory_stays_flat_over_hundreds_of_steps(tmp_path: Path) -> None:
     texts = [prompt_text(p, "python") + target_text(p, "python") for p in data.train]
     warmup = build_tiny(texts, config.model.tiny, tmp_path / "warmup", seed=0)
     log = MemoryLog(tmp_path / "metrics.jsonl")
-    train_reft(config, warmup, load_tokenizer(warmup), data, tmp_path, log, make_accelerator("auto"))
+    train_reft(StageContext(config, warmup, load_tokenizer(warmup), data, tmp_path, log, make_accelerator("auto")))
 
     assert len(log.rss) == STEPS  # 48 questions / 4 per step x 25 epochs
     early = statistics.median(log.rss[s] for s in range(190, 211))

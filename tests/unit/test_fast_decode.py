@@ -15,6 +15,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from reftkit.rollout.base import GenerationConfig
+from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import generate, left_pad
 from reftkit.rollout.lean import HFDecoder, LeanDecoder, lean_unsupported, make_decoder
 from reftkit.rollout.vllm_engine import responses_from_outputs, vllm_unavailable
@@ -83,7 +85,7 @@ def frequent_token(m: torch.nn.Module) -> int:
     most often: with it as EOS, rows end at many different steps."""
     with torch.no_grad():
         m.model.norm.weight.mul_(30.0)
-    out = generate(m, left_pad(PROMPTS, PAD), 24, NEVER, PAD, generator=torch.Generator().manual_seed(0))
+    out = generate(m, left_pad(PROMPTS, PAD), GenerationConfig(24, NEVER, PAD), 1, torch.Generator().manual_seed(0))
     return int(torch.mode(out.ids.flatten()).values)
 
 
@@ -91,11 +93,11 @@ def frequent_token(m: torch.nn.Module) -> int:
 def test_both_decoders_draw_the_same_samples_with_rows_dropped(kind):
     m = model(kind)
     eos = frequent_token(m)
+    gen = GenerationConfig(40, eos, PAD, return_logprobs=True)
     runs = {
-        name: generate(m, left_pad(PROMPTS, PAD), 40, eos, PAD, generator=torch.Generator().manual_seed(3),
-                       num_samples=4, return_logprobs=True, decoder=name)
+        name: generate(m, left_pad(PROMPTS, PAD), gen, 4, torch.Generator().manual_seed(3), decoder=name)
         for name in ("lean", "hf")
-    }  # fmt: skip
+    }
     lean, hf = runs["lean"], runs["hf"]
     lengths = lean.mask.sum(1)
     assert lengths.min() < lengths.max() and (~lean.truncated).sum() >= 3  # rows ended at different steps
@@ -135,8 +137,8 @@ def test_dropping_finished_rows_changes_no_sample(monkeypatch, decoder):
             "reftkit.rollout.generate.make_decoder",
             lambda mod, name, c=can_drop: Recorded(make_decoder(mod, name), c, kept[c]),
         )
-        runs[can_drop] = generate(m, left_pad(PROMPTS, PAD), 40, eos, PAD, generator=torch.Generator().manual_seed(5),
-                                  num_samples=4, return_logprobs=True, decoder=decoder)  # fmt: skip
+        gen = GenerationConfig(40, eos, PAD, return_logprobs=True)
+        runs[can_drop] = generate(m, left_pad(PROMPTS, PAD), gen, 4, torch.Generator().manual_seed(5), decoder=decoder)
     assert kept[True] and kept[True] == sorted(kept[True], reverse=True) and kept[True][-1] < 12  # rows dropped
     assert kept[False] == []
     dropped, full = runs[True], runs[False]
@@ -181,27 +183,23 @@ def test_vllm_outputs_become_right_padded_responses():
 
 @pytest.mark.skipif(vllm_unavailable() is None, reason="vLLM and a CUDA GPU are present")
 def test_vllm_backend_refuses_clearly_where_it_cannot_run(tmp_path):
-    from reftkit.config.schema import ConfigError, ReFTConfig
-    from reftkit.rollout.vllm_engine import VLLMRollout
+    from reftkit.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="rollout_backend=vllm"):
-        VLLMRollout(tmp_path, ReFTConfig(rollout_backend="vllm"))
+        make_engine("vllm", tmp_path)
 
 
 @pytest.mark.skipif(vllm_unavailable() is not None, reason=f"vLLM backend unavailable: {vllm_unavailable()}")
 def test_vllm_backend_samples_the_synced_policy(tmp_path):
-    from reftkit.config.schema import ReFTConfig
-    from reftkit.rollout.vllm_engine import VLLMRollout
-
     m = model("llama").cuda()
     m.save_pretrained(tmp_path)
-    cfg = ReFTConfig(rollout_backend="vllm", temperature=0.0, max_new_tokens=8)
-    engine = VLLMRollout(tmp_path, cfg)
+    gen = GenerationConfig(8, NEVER, PAD, temperature=0.0)
+    engine = make_engine("vllm", tmp_path)
     generator = torch.Generator(device="cuda").manual_seed(0)
-    out = engine.sample(m, PROMPTS, 2, NEVER, PAD, generator)
+    out = engine.generate(m, left_pad(PROMPTS, PAD), gen, 2, generator)
     assert out.ids.shape == (6, 8) and bool(out.truncated.all()) and bool(out.mask.all())
     assert torch.equal(out.ids[::2], out.ids[1::2])  # temperature 0: a prompt's two samples agree
     with torch.no_grad():
         for p in m.parameters():
             p.zero_()  # every logit equal: greedy picks token 0, if the engine really received these weights
-    assert bool((engine.sample(m, PROMPTS, 1, NEVER, PAD, generator).ids == 0).all())
+    assert bool((engine.generate(m, left_pad(PROMPTS, PAD), gen, 1, generator).ids == 0).all())

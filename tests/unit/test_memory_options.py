@@ -17,6 +17,7 @@ from reftkit.models.trainable import (
     load_trainable_lm,
     trainable_parameters,
 )
+from reftkit.rollout.base import GenerationConfig
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
 from reftkit.trainers.common import make_accelerator
 
@@ -296,7 +297,7 @@ def test_checkpointing_is_off_without_grad_and_generation_keeps_its_kv_cache(tin
     assert counter.n == 1 and out.past_key_values.get_seq_length() == b.ids.size(1)
     args = (24, tokenizer.eos_token_id, tokenizer.pad_token_id)
     sampled = [
-        generate(m, b, *args, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        generate(m, b, GenerationConfig(*args, temperature=1.0), generator=torch.Generator().manual_seed(0))
         for m in (plain, checkpointed)
     ]
     assert torch.equal(sampled[0].ids, sampled[1].ids) and torch.equal(sampled[0].mask, sampled[1].mask)

@@ -15,6 +15,7 @@ from transformers import (
 from reftkit.config.schema import TinyModelConfig
 from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
 from reftkit.models.policy import PolicyWithValue
+from reftkit.rollout.base import GenerationConfig
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
 
 SMALL = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
@@ -55,8 +56,9 @@ def test_architectures_score_left_padded_rows_exactly(tmp_path, arch):
     logits_alone, _ = policy(alone.ids, alone.mask)
     torch.testing.assert_close(logits[1, -1], logits_alone[0, -1], atol=1e-4, rtol=1e-4)
     assert values.shape == batch.ids.shape
-    together = generate(model, batch, 6, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0)
-    single = generate(model, alone, 6, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0)
+    greedy = GenerationConfig(6, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0)
+    together = generate(model, batch, greedy)
+    single = generate(model, alone, greedy)
     n = int(single.mask[0].sum())
     assert together.ids[1, :n].tolist() == single.ids[0, :n].tolist()
 

@@ -7,7 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from reftkit.models.policy import PolicyWithValue, position_ids_from_mask
-from reftkit.rollout.generate import Responses, generate, left_pad
+from reftkit.rollout.base import GenerationConfig, Responses
+from reftkit.rollout.generate import generate, left_pad
 from reftkit.trainers.reft import score
 
 PAD, EOS = 0, 2
@@ -36,8 +37,8 @@ def test_left_pad():
 def test_greedy_generation_is_padding_invariant():
     model = tiny_llama()
     short, long = [7, 8, 9], [5, 6, 7, 8, 9, 10, 11]
-    together = generate(model, left_pad([long, short], PAD), 12, EOS, PAD, temperature=0)
-    alone = generate(model, left_pad([short], PAD), 12, EOS, PAD, temperature=0)
+    together = generate(model, left_pad([long, short], PAD), GenerationConfig(12, EOS, PAD, temperature=0))
+    alone = generate(model, left_pad([short], PAD), GenerationConfig(12, EOS, PAD, temperature=0))
     n = int(alone.mask[0].sum())
     assert together.ids[1, :n].tolist() == alone.ids[0, :n].tolist()
 
@@ -59,14 +60,15 @@ class ScriptedLM(torch.nn.Module):
 
 def test_responses_stop_at_eos_and_mask_includes_it():
     # row 0 ends after 2 tokens (EOS second), row 1 after 4; generation stops when both have ended
-    out = generate(ScriptedLM([[5, EOS, 9, 9, 9], [6, 7, 8, EOS, 9]]), left_pad([[5, 6], [7]], PAD), 5, EOS, PAD, 0)
+    script = ScriptedLM([[5, EOS, 9, 9, 9], [6, 7, 8, EOS, 9]])
+    out = generate(script, left_pad([[5, 6], [7]], PAD), GenerationConfig(5, EOS, PAD, 0))
     assert out.ids.tolist() == [[5, EOS, PAD, PAD], [6, 7, 8, EOS]]
     assert out.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert out.truncated.tolist() == [False, False]
 
 
 def test_truncated_samples_keep_every_token():
-    out = generate(ScriptedLM([[5, 6, 7], [5, EOS, 7]]), left_pad([[5, 6], [7]], PAD), 3, EOS, PAD, 0)
+    out = generate(ScriptedLM([[5, 6, 7], [5, EOS, 7]]), left_pad([[5, 6], [7]], PAD), GenerationConfig(3, EOS, PAD, 0))
     assert out.mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert out.truncated.tolist() == [True, False]
 
@@ -74,8 +76,8 @@ def test_truncated_samples_keep_every_token():
 def test_sampling_is_seeded():
     model = tiny_llama()
     prompts = left_pad([[5, 6], [7]], PAD)
-    a = generate(model, prompts, 8, EOS, PAD, generator=torch.Generator().manual_seed(1))
-    b = generate(model, prompts, 8, EOS, PAD, generator=torch.Generator().manual_seed(1))
+    a = generate(model, prompts, GenerationConfig(8, EOS, PAD), generator=torch.Generator().manual_seed(1))
+    b = generate(model, prompts, GenerationConfig(8, EOS, PAD), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.ids, b.ids)
 
 
@@ -84,7 +86,7 @@ def test_scoring_matches_the_logits_generation_sampled_from():
     model = tiny_llama()
     policy = PolicyWithValue(model)
     prompts = left_pad([[5, 6, 7, 8], [9]], PAD)
-    responses: Responses = generate(model, prompts, 6, EOS, PAD, temperature=0)
+    responses: Responses = generate(model, prompts, GenerationConfig(6, EOS, PAD, temperature=0))
     ids = torch.cat([prompts.ids, responses.ids], 1)
     mask = torch.cat([prompts.mask, responses.mask.long()], 1)
     logits, values = policy(ids, mask, logits_from=prompts.ids.size(1) - 1)
@@ -97,8 +99,9 @@ def test_scoring_matches_the_logits_generation_sampled_from():
 def test_top_k_one_is_greedy():
     model = tiny_llama()
     prompts = left_pad([[5, 6, 7]], PAD)
-    greedy = generate(model, prompts, 6, EOS, PAD, temperature=0)
-    topk = generate(model, prompts, 6, EOS, PAD, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    greedy = generate(model, prompts, GenerationConfig(6, EOS, PAD, temperature=0))
+    top_1 = GenerationConfig(6, EOS, PAD, temperature=1.0, top_k=1)
+    topk = generate(model, prompts, top_1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(greedy.ids, topk.ids)
 
 
@@ -106,11 +109,10 @@ def test_shared_prompt_cache_gives_the_same_samples_as_repeated_prompts():
     """n samples from one encoded prompt = the same prompt written n times (same seed, same draws)."""
     model = tiny_llama()
     prompts = [[5, 6, 7, 8], [9, 10]]
-    shared = generate(model, left_pad(prompts, PAD), 10, EOS, PAD, 1.0, generator=torch.Generator().manual_seed(3),
-                      num_samples=3, return_logprobs=True)  # fmt: skip
+    gen = GenerationConfig(10, EOS, PAD, 1.0, return_logprobs=True)
+    shared = generate(model, left_pad(prompts, PAD), gen, 3, generator=torch.Generator().manual_seed(3))
     repeated = [p for p in prompts for _ in range(3)]
-    plain = generate(model, left_pad(repeated, PAD), 10, EOS, PAD, 1.0, generator=torch.Generator().manual_seed(3),
-                     return_logprobs=True)  # fmt: skip
+    plain = generate(model, left_pad(repeated, PAD), gen, generator=torch.Generator().manual_seed(3))
     assert shared.ids.tolist() == plain.ids.tolist()
     assert torch.equal(shared.mask, plain.mask)
     torch.testing.assert_close(shared.logprobs, plain.logprobs, atol=1e-5, rtol=0)
@@ -121,8 +123,8 @@ def test_logprobs_are_those_of_the_distribution_sampled_from():
     model = tiny_llama()
     prompt = [5, 6, 7]
     for settings in ({}, {"temperature": 0.7, "top_k": 5}):
-        out = generate(model, left_pad([prompt], PAD), 6, EOS, PAD, **settings,
-                       generator=torch.Generator().manual_seed(0), return_logprobs=True)  # fmt: skip
+        gen = GenerationConfig(6, EOS, PAD, **settings, return_logprobs=True)
+        out = generate(model, left_pad([prompt], PAD), gen, generator=torch.Generator().manual_seed(0))
         n = int(out.mask[0].sum())
         full = torch.tensor([prompt + out.ids[0, :n].tolist()])
         with torch.no_grad():
@@ -146,8 +148,8 @@ def test_ppo_scorer_agrees_with_the_sampler(temperature, top_k, top_p):
     model = tiny_llama(seed=3)
     policy = PolicyWithValue(model, critic=False)
     prompts = left_pad([[5, 6, 7, 8], [9], [11, 12]], PAD)
-    out = generate(model, prompts, 8, EOS, PAD, temperature, top_k, top_p,
-                   generator=torch.Generator().manual_seed(5), num_samples=3, return_logprobs=True)  # fmt: skip
+    gen = GenerationConfig(8, EOS, PAD, temperature, top_k, top_p, return_logprobs=True)
+    out = generate(model, prompts, gen, 3, generator=torch.Generator().manual_seed(5))
     ids = torch.cat([prompts.ids.repeat_interleave(3, 0), out.ids], 1)
     mask = torch.cat([prompts.mask.repeat_interleave(3, 0), out.mask.long()], 1)
     logp, values = score(policy, ids, mask, prompts.ids.size(1), out.ids, sampling=(temperature, top_k, top_p))

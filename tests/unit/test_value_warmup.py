@@ -11,6 +11,7 @@ from reftkit.config.schema import TinyModelConfig
 from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.models.policy import PolicyWithValue
 from reftkit.rl import ppo
+from reftkit.rollout.base import GenerationConfig
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
 from reftkit.trainers.reft import make_experience, ppo_update
 from reftkit.trainers.stepwise import Rollout
@@ -39,8 +40,9 @@ def one_update(tiny, value_model: str, value_only: bool):
     prompts = encode_prompts(tokenizer, ["Tom has 5 apples.", "He buys 3 more.", "Tom", "apples"])
     batch = left_pad(prompts, tokenizer.pad_token_id)
     responses = generate(
-        policy.lm, batch, 8, tokenizer.eos_token_id, tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0)
-    )
+        policy.lm, batch, GenerationConfig(8, tokenizer.eos_token_id, tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
     scores = torch.tensor([1.0, 0.0, 0.1, 1.0])
     rollout = Rollout(torch.arange(4), batch, responses, [], [], [], scores)  # 4 questions, one sample each
     exp = make_experience(policy, ref, rollout, config, accelerator)
