@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from reftkit.config.loading import check_out_dir
 from reftkit.evaluation.sampling import write_text_atomically
@@ -140,6 +141,9 @@ class RunFolder:
     report_to: list[str] = field(default_factory=list)
     """Trackers (``report_to``) to open once the run is in its place: their files must not follow a rename."""
     resume: bool = False
+    fresh: Literal["created", "was_empty"] | None = None
+    """A new run in ``out`` itself: whether this command created the folder or found it empty. If the start
+    fails, what it wrote goes, so the same command can simply be run again (no ``--overwrite`` needed)."""
 
     @property
     def replacing(self) -> bool:
@@ -162,6 +166,10 @@ class RunFolder:
                     shutil.rmtree(self.work, ignore_errors=True)
                 if isinstance(err, KeyboardInterrupt):  # the CLI's message must not offer to resume the old run
                     err.old_run_kept = True  # type: ignore[attr-defined]
+            elif self.fresh is not None and is_main():
+                shutil.rmtree(self.out, ignore_errors=True)
+                if self.fresh == "was_empty":
+                    self.out.mkdir()
             raise
 
     def started(self, log: MetricsLog) -> None:

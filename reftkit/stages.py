@@ -90,12 +90,14 @@ def stage_setup(
     quiet_transformers()
     data = load_task(config.task)
     require_training_data(data, needs)  # before the run folder exists: a data error must cost nothing
-    work = None
+    work, fresh = None, None
     if is_main():  # one process owns the run folder; the others only read what it wrote
+        if not resume and not (out.is_dir() and any(out.iterdir())):
+            fresh = "was_empty" if out.is_dir() else "created"
         work = prepare_run_dir(out, overwrite, resume)
         if not resume:
             write_text_atomically(work / "config.yaml", dump_yaml(config))
-    folder = RunFolder(out, broadcast(work), list(config.report_to), resume)
+    folder = RunFolder(out, broadcast(work), list(config.report_to), resume, broadcast(fresh))
     barrier()
     set_seed(config.seed)
     accelerator = make_accelerator(config.mixed_precision, config.model.dtype)

@@ -18,6 +18,7 @@ from reftkit.cli.parser import EXIT_USAGE, build_parser, usage_error
 from reftkit.config.loading import check_out_dir, dump_yaml_with_docs, load_config, resumed_config
 from reftkit.config.schema import ConfigError, RunConfig, TrainingError
 from reftkit.data.registry import check_task, task_info
+from reftkit.runtime.interrupt import StopRequested
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         kept = getattr(err, "old_run_kept", False)
         print(f"reftkit: interrupted; {_how_to_continue(args, kept)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + err.signum if isinstance(err, StopRequested) else EXIT_INTERRUPTED  # as shells report it
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -261,6 +262,10 @@ def check_inputs(args: argparse.Namespace, config: RunConfig) -> None:
                 )
             if path:
                 check_model_dir(path, field)
+    if config.model.lora.enabled and run_folder:  # LoRA's targets, on the model's architecture alone
+        from reftkit.models.trainable import check_lora_before_loading
+
+        check_lora_before_loading(config.model, args.model if command != "run" and args.model else config.model.path)
 
 
 def _inside(path: Path, folder: Path) -> bool:

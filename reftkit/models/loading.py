@@ -53,19 +53,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 def build_tiny(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path, seed: int) -> Path:
     """Train a tokenizer on ``texts``, initialise a small Llama, and save both as an HF directory."""
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = tiny_config(cfg, len(tokenizer), tokenizer)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -73,6 +61,23 @@ def build_tiny(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path, 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_config(cfg: TinyModelConfig, vocab_size: int, tokenizer: PreTrainedTokenizerFast | None = None) -> LlamaConfig:
+    """The ``tiny`` preset's architecture (``tokenizer`` gives its special token ids)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=None if tokenizer is None else tokenizer.pad_token_id,
+        bos_token_id=None if tokenizer is None else tokenizer.bos_token_id,
+        eos_token_id=None if tokenizer is None else tokenizer.eos_token_id,
+    )
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

@@ -6,6 +6,7 @@ With both options off (the default) a trainer's model is the loaded model itself
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 import warnings
@@ -15,10 +16,10 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from reftkit.config.schema import ConfigError, LoraConfig, ModelConfig
-from reftkit.models.loading import load_causal_lm
+from reftkit.models.loading import load_causal_lm, resolve_model_dir, tiny_config
 
 
 def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig, seed: int) -> PreTrainedModel:
@@ -37,6 +38,35 @@ def load_trainable_lm(
     """:func:`load_causal_lm` (weights in ``model.dtype``) then :func:`prepare_for_training`: a model to train, as
     ``model.*`` asks."""
     return prepare_for_training(load_causal_lm(path, tokenizer, cfg.dtype), cfg, seed)
+
+
+def check_lora(model: nn.Module, cfg: LoraConfig) -> None:
+    """The errors :func:`apply_lora` would raise, checked before a run writes anything: peft installed, and some
+    module of ``model`` named by ``target_modules`` (peft's own rule: a module whose name is a target or ends in
+    ``.<target>``)."""
+    if not cfg.enabled:
+        return
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError("model.lora.enabled: needs the peft package; pip install 'peft>=0.10'")
+    targets = cfg.target_modules.strip()
+    keys = [] if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
+    names = [name for name, _ in model.named_modules()]
+    if keys and not any(n == k or n.endswith("." + k) for n in names for k in keys):
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"model.lora.target_modules: no module of the model is named {', '.join(keys)}; its linear layers "
+            f"are {', '.join(linear)} (or give all-linear)"
+        )
+
+
+def check_lora_before_loading(cfg: ModelConfig, path: str | None) -> None:
+    """:func:`check_lora` on the architecture of the model at ``path`` (None: the ``tiny`` preset), built from its
+    config on the meta device: no weights are read, nothing is written."""
+    if not cfg.lora.enabled:
+        return
+    config = AutoConfig.from_pretrained(resolve_model_dir(path)) if path else tiny_config(cfg.tiny, cfg.tiny.vocab_size)
+    with torch.device("meta"):
+        check_lora(AutoModelForCausalLM.from_config(config), cfg.lora)
 
 
 def apply_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> PreTrainedModel:

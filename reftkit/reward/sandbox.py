@@ -464,6 +464,10 @@ def _exit_text(code: int) -> str:
 
 
 def _server_main() -> None:
+    # A Ctrl-C or SIGTERM sent to the whole process group is reftkit's to handle: it finishes the step in flight,
+    # which needs these servers, then checkpoints. A server ends when reftkit closes its stdin (or kills it).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     sys.path.extend(sys.argv[1:])
     import importlib
 

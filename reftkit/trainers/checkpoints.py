@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from reftkit.models.gguf import file_digest
+from reftkit.runtime.interrupt import StopRequested, stop_agreed
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, Selection, write_atomically
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class StageCheckpoints:
     ) -> None:
         self.dir = Path(run_dir) / RESUME_DIR / stage
         self.cfg, self.log, self.accelerator = cfg, log, accelerator
+        self.stop_signal: int | None = None  # set by due() when a signal asked the loop to stop
 
     def finished(self) -> dict[str, Any] | None:
         """The result of this stage if it already finished (random states restored to its end), else None."""
@@ -152,7 +154,11 @@ class StageCheckpoints:
         self.accelerator.wait_for_everyone()
 
     def due(self, step: int) -> bool:
-        return self.cfg.every_steps > 0 and step % self.cfg.every_steps == 0
+        """Whether to checkpoint after ``step``: every ``every_steps``, and at once when a signal asked the loop to
+        stop (``reftkit.runtime.interrupt``; :meth:`save` then raises ``StopRequested`` once the checkpoint is on
+        disk). Every process calls it at the same step, so all agree."""
+        self.stop_signal = stop_agreed()
+        return (self.cfg.every_steps > 0 and step % self.cfg.every_steps == 0) or self.stop_signal is not None
 
     def save(
         self,
@@ -182,6 +188,8 @@ class StageCheckpoints:
             for old in self._step_dirs()[: -self.cfg.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        if self.stop_signal is not None:
+            raise StopRequested(self.stop_signal)
 
     def load(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from reftkit.evaluation.sampling import Sample, by_question
 from reftkit.models.loading import load_tokenizer
 from reftkit.models.policy import position_ids_from_mask
 from reftkit.rollout.generate import encode_prompts, left_pad
+from reftkit.runtime.interrupt import stop_after_step
 from reftkit.trainers.checkpoints import StageCheckpoints
 from reftkit.trainers.common import MetricsLog, NonFiniteGuard, split_rows
 from reftkit.trainers.sft import adamw_with_schedule, epoch_batches, save_model, step_on_parts
@@ -188,27 +190,28 @@ def train_reward_model(
         guard.restore(counters["guard"])
     bar = tqdm(total=total_steps, initial=step, desc="rm", unit="step", dynamic_ncols=True)
     model.train()
-    for epoch, batch, ends_epoch in epoch_batches(len(encoded), cfg.batch_size, order_rng, cfg.epochs, step):
-        y = torch.tensor([targets[j] for j in batch], device=accelerator.device)
-        predicted: list[torch.Tensor] = []
-        rows = [encoded[j] for j in batch]
-        parts = _loss_parts(model, rows, y, tokenizer.pad_token_id, accelerator, cfg.grad_accum_steps, predicted)
-        step = guard.step = step + 1
-        loss, grad_norm = step_on_parts(accelerator, parts, model, optimizer, scheduler, cfg.grad_clip, guard)
-        acc = (torch.cat(predicted) == y).float().mean().item()
-        bar.update(1)
-        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-        log.write("rm", step, epoch=step / steps_per_epoch, loss=loss.item(), acc=acc, grad_norm=grad_norm,
-                  lr=scheduler.get_last_lr()[0])  # fmt: skip
-        if ends_epoch:
-            best, best_epoch = _end_epoch(
-                epoch, step, (best, best_epoch), accelerator.unwrap_model(model), tokenizer, cfg, out_dir, log,
-                accelerator, val, cot,
-            )  # fmt: skip
-            model.train()
-        if checkpoints is not None and checkpoints.due(step):
-            counters = {"best": best, "best_epoch": best_epoch, "guard": guard.state()}
-            checkpoints.save(step, model, optimizer, scheduler, {}, counters)
+    with stop_after_step() if checkpoints is not None else nullcontext():  # Ctrl-C: see stop_after_step
+        for epoch, batch, ends_epoch in epoch_batches(len(encoded), cfg.batch_size, order_rng, cfg.epochs, step):
+            y = torch.tensor([targets[j] for j in batch], device=accelerator.device)
+            predicted: list[torch.Tensor] = []
+            rows = [encoded[j] for j in batch]
+            parts = _loss_parts(model, rows, y, tokenizer.pad_token_id, accelerator, cfg.grad_accum_steps, predicted)
+            step = guard.step = step + 1
+            loss, grad_norm = step_on_parts(accelerator, parts, model, optimizer, scheduler, cfg.grad_clip, guard)
+            acc = (torch.cat(predicted) == y).float().mean().item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+            log.write("rm", step, epoch=step / steps_per_epoch, loss=loss.item(), acc=acc, grad_norm=grad_norm,
+                      lr=scheduler.get_last_lr()[0])  # fmt: skip
+            if ends_epoch:
+                best, best_epoch = _end_epoch(
+                    epoch, step, (best, best_epoch), accelerator.unwrap_model(model), tokenizer, cfg, out_dir, log,
+                    accelerator, val, cot,
+                )  # fmt: skip
+                model.train()
+            if checkpoints is not None and checkpoints.due(step):
+                counters = {"best": best, "best_epoch": best_epoch, "guard": guard.state()}
+                checkpoints.save(step, model, optimizer, scheduler, {}, counters)
     bar.close()
     result = {
         "dir": str(out_dir),

@@ -25,6 +25,7 @@ from reftkit.models.policy import position_ids_from_mask
 from reftkit.models.trainable import prepare_for_training, save_lm, trainable_parameters
 from reftkit.rollout.generate import encode_prompts
 from reftkit.runtime.distributed import owned, world
+from reftkit.runtime.interrupt import stop_after_step
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,
@@ -170,7 +171,6 @@ def train_sft(
     model, optimizer = accelerator.prepare(model, optimizer)
     order_rng = torch.Generator().manual_seed(config.seed)  # replayed from the seed on resume, never stored
     guard = NonFiniteGuard(config.checkpoint.max_nonfinite_in_row, log, stage)
-
     dirs = {key: out_dir / "checkpoints" / key for key in ("warmup", stage, f"{stage}_last")}
     epochs_so_far = _Epochs(SFTResult(dirs["warmup"], dirs[stage], dirs[f"{stage}_last"], best_epoch=-1))
     step = 0
@@ -179,7 +179,7 @@ def train_sft(
         epochs_so_far.restore(counters, guard)
 
     def end_epoch(epoch: int) -> None:
-        """Validate, log, and save the warm-up snapshot and any new best."""
+        """Validate, log, save the warm-up snapshot and any new best; back to train mode."""
         unwrapped = accelerator.unwrap_model(model)
         with accelerator.autocast():
             val = evaluate_greedy(unwrapped, tokenizer, data.val, cot, config.eval, answer_type=data.answer_type)
@@ -192,28 +192,29 @@ def train_sft(
             save_model(accelerator, unwrapped, tokenizer, dirs["warmup"])
         if epochs_so_far.record(epoch, val.accuracy, first=warmup_epochs or 1):
             save_model(accelerator, unwrapped, tokenizer, dirs[stage])
+        model.train()  # validation put it in eval mode
 
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
     model.train()
-    for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
-        parts = sft_loss_parts(model, [examples[j] for j in batch], tokenizer.pad_token_id, accelerator,
-                               cfg.grad_accum_steps)  # fmt: skip
-        step = guard.step = step + 1
-        loss, grad_norm = step_on_parts(accelerator, parts, model, optimizer, scheduler, cfg.grad_clip, guard)
-        batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-        epochs_so_far.loss += batch_loss
-        bar.update(1)
-        bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
-        log.write(stage, step, epoch=step / steps_per_epoch, loss=batch_loss, grad_norm=grad_norm,
-                  lr=scheduler.get_last_lr()[0])  # fmt: skip
-        if ends_epoch:
-            end_epoch(epoch)  # validation puts the model in eval mode
-            model.train()
-            if epochs_so_far.converged(epoch, cfg.patience, warmup_epochs or 1):
-                log.write(f"{stage}_stopped", step, epoch=epoch, reason=f"{cfg.patience} epochs, no better val")
-                break
-        if checkpoints.due(step):
-            checkpoints.save(step, model, optimizer, scheduler, {}, epochs_so_far.counters(guard))
+    with stop_after_step():  # Ctrl-C / SIGTERM: stop after this step, its checkpoint written
+        for epoch, batch, ends_epoch in epoch_batches(len(examples), cfg.batch_size, order_rng, total_epochs, step):
+            parts = sft_loss_parts(model, [examples[j] for j in batch], tokenizer.pad_token_id, accelerator,
+                                   cfg.grad_accum_steps)  # fmt: skip
+            step = guard.step = step + 1
+            loss, grad_norm = step_on_parts(accelerator, parts, model, optimizer, scheduler, cfg.grad_clip, guard)
+            batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+            epochs_so_far.loss += batch_loss
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
+            log.write(stage, step, epoch=step / steps_per_epoch, loss=batch_loss, grad_norm=grad_norm,
+                      lr=scheduler.get_last_lr()[0])  # fmt: skip
+            if ends_epoch:
+                end_epoch(epoch)
+                if epochs_so_far.converged(epoch, cfg.patience, warmup_epochs or 1):
+                    log.write(f"{stage}_stopped", step, epoch=epoch, reason=f"{cfg.patience} epochs, no better val")
+                    break
+            if checkpoints.due(step):
+                checkpoints.save(step, model, optimizer, scheduler, {}, epochs_so_far.counters(guard))
     bar.close()
     save_model(accelerator, accelerator.unwrap_model(model), tokenizer, dirs[f"{stage}_last"])
     checkpoints.finish(result_to_json(epochs_so_far.result))

@@ -27,6 +27,7 @@ from reftkit.reward.answers import Graded, RewardTable, grade_batch, outcome_cou
 from reftkit.rollout.base import Batch, Responses, generation_config
 from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import decode_responses, encode_prompts
+from reftkit.runtime.interrupt import stop_after_step
 from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, result_to_json
 from reftkit.trainers.common import (
     MetricsLog,
@@ -148,26 +149,27 @@ def run_steps(ctx: StageContext, stage: str, trainer: StepwiseTrainer, checkpoin
     gen, k = generation_config(cfg, tokenizer), cfg.samples_per_question
     bar = tqdm(total=total_steps, initial=start, desc=stage.replace("_", "-"), unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
-    for step, questions in batches:
-        guard.step = step
-        started = time.time()
-        batch, responses = sample_policy(engine, trainer.lm(), prompts, questions, gen, k, sample_rng, accelerator)
-        rows = [q for q in questions for _ in range(k)]
-        problems = [data.train[i] for i in rows]
-        texts = decode_responses(tokenizer, responses)
-        graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
-        scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
-        rollout = Rollout(torch.tensor(rows), batch, responses, problems, texts, graded, scores)
-        figures = {**rollout.figures(), **trainer.update(rollout, step, guard)}
-        figures["step_seconds"] = time.time() - started
-        log.write(stage, step, epoch=ctx.epoch_offset + step / steps_per_epoch, **figures)
-        bar.update(1)
-        shown = {"reward": f"{float(figures['reward']):.2f}"}
-        shown |= {"kl": f"{float(figures['kl']):.2f}"} if "kl" in figures else {}
-        bar.set_postfix(**shown, best_val=f"{selection.best:.3f}")
-        if step % cfg.eval_every == 0 or step == total_steps:
-            validate(step)
-        checkpoints.save_stepwise(step, trainer.model, trainer.optimizer, generators, selection, guard)
+    with stop_after_step():  # Ctrl-C / SIGTERM: stop after this step, its checkpoint written
+        for step, questions in batches:
+            guard.step = step
+            started = time.time()
+            batch, responses = sample_policy(engine, trainer.lm(), prompts, questions, gen, k, sample_rng, accelerator)
+            rows = [q for q in questions for _ in range(k)]
+            problems = [data.train[i] for i in rows]
+            texts = decode_responses(tokenizer, responses)
+            graded = grade_batch(problems, texts, cot, data.answer_type, table, config.eval.program_timeout)
+            scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
+            rollout = Rollout(torch.tensor(rows), batch, responses, problems, texts, graded, scores)
+            figures = {**rollout.figures(), **trainer.update(rollout, step, guard)}
+            figures["step_seconds"] = time.time() - started
+            log.write(stage, step, epoch=ctx.epoch_offset + step / steps_per_epoch, **figures)
+            bar.update(1)
+            shown = {"reward": f"{float(figures['reward']):.2f}"}
+            shown |= {"kl": f"{float(figures['kl']):.2f}"} if "kl" in figures else {}
+            bar.set_postfix(**shown, best_val=f"{selection.best:.3f}")
+            if step % cfg.eval_every == 0 or step == total_steps:
+                validate(step)
+            checkpoints.save_stepwise(step, trainer.model, trainer.optimizer, generators, selection, guard)
     bar.close()
     trainer.save(dirs[f"{stage}_last"])
     result = StepResult(dirs[stage], dirs[f"{stage}_last"], selection.best_step, selection.history)

@@ -26,7 +26,14 @@ def _reftkit(*args: str | Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a terminal's Ctrl-C, even where pytest itself runs as a background job that ignores SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _reft_steps(out: Path) -> list[int]:
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m["step"] for m in metrics if m.get("stage") == "reft"]
 
 
 def test_ctrl_c_exits_130_with_the_resume_command_which_finishes_the_run(tmp_path):
@@ -52,8 +59,33 @@ def test_ctrl_c_exits_130_with_the_resume_command_which_finishes_the_run(tmp_pat
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert json.loads((out / "summary.json").read_text())["epochs"]["reft"] == 4
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert max(m["step"] for m in metrics if m.get("stage") == "reft") == 12  # every PPO step, once resumed
+    assert max(_reft_steps(out)) == 12  # every PPO step, once resumed
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_after_the_current_step_with_its_checkpoint(tmp_path, sig, code):
+    """No checkpoint is due (``every_steps=0``), yet the step in flight when the signal came is checkpointed and
+    the resumed run does each remaining step once."""
+    out = tmp_path / "run"
+    proc = _reftkit("run", "--out", out, "--preset", "micro", "reft.epochs=4", "checkpoint.every_steps=0")
+    deadline = time.time() + 240
+    while not ((out / "metrics.jsonl").is_file() and _reft_steps(out)):  # PPO has done its first step
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "no PPO step within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and "stopping after the current step" in err, err[-3000:]
+    assert err.strip().splitlines()[-1].endswith(f"{out} --resume")
+    done = _reft_steps(out)
+    (checkpoint,) = (out / "resume" / "reft").glob("step-*")  # the one the stop wrote
+    assert int(checkpoint.name.split("-")[1]) == max(done) < 12
+    resumed = _reftkit("run", "--out", out, "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    steps = _reft_steps(out)
+    assert sorted(steps) == list(range(1, 13)), steps  # each step once: the stopped one is not redone
 
 
 def test_ctrl_c_before_the_run_folder_exists_says_to_start_again(tmp_path):

@@ -31,6 +31,7 @@ LONG_MODULE_MARKER = "Why this file is long:"
 # package __init__ modules (which import nothing) sit below them all.
 LAYERS: dict[str, int] = {
     "reftkit.runtime.distributed": 1,
+    "reftkit.runtime.interrupt": 1,
     "reftkit.rl": 1,
     "reftkit.reward.sandbox": 1,
     "reftkit.reward": 2,

@@ -107,6 +107,10 @@ ROWS = [
     (["eval", "--model", "{tmp}/bad_config"], "--model: {tmp}/bad_config/config.json: not valid JSON (line 2"),
     (["eval", "--model", "{tmp}/sharded"], "--model: {tmp}/sharded/model.safetensors.index.json: lists the weights"),
     ([*SFT, "--model", "{tmp}/no_weights"], "--model: {tmp}/no_weights holds no model weights"),
+    (  # found once the tiny base model is built: the half-made run folder goes again
+        [*RUN, "model.lora.enabled=true", "model.lora.target_modules=qkv_proj"],
+        "model.lora.target_modules: no module of the model is named qkv_proj; its linear layers are down_proj, ",
+    ),
     (["eval", "--samples", "{tmp}/s.jsonl", "--preset", "micro"], "--samples: no such file {tmp}/s.jsonl"),
     (
         ["eval", "--samples", "{tmp}/plain/README.txt", "--rm", "{tmp}/plain", "--preset", "micro"],

@@ -97,3 +97,28 @@ def test_a_failure_before_the_start_removes_the_new_folder(tmp_path: Path) -> No
     assert caught.value.old_run_kept  # type: ignore[attr-defined]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert (out / "config.yaml").read_text() == "old"
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failure_before_the_start_of_a_new_run_leaves_nothing(tmp_path: Path, existed: bool) -> None:
+    """A new run that fails to start (a model that does not load, say) takes what it wrote with it, so the same
+    command runs again without --overwrite; a folder the user made empty stays, empty."""
+    out = tmp_path / "run"
+    if existed:
+        out.mkdir()
+    folder = RunFolder(out, prepare_run_dir(out, overwrite=False), fresh="was_empty" if existed else "created")
+    with pytest.raises(ValueError), folder.starting():
+        (folder.work / "config.yaml").write_text("new")
+        (folder.work / "checkpoints" / "base").mkdir(parents=True)
+        raise ValueError("no tokenizer could be loaded")
+    assert [p.name for p in tmp_path.iterdir()] == (["run"] if existed else [])
+    assert not existed or list(out.iterdir()) == []
+    prepare_run_dir(out, overwrite=False)  # and it starts again unasked
+
+
+def test_a_failure_of_a_resumed_run_keeps_it(tmp_path: Path) -> None:
+    out = _run(tmp_path / "run", "old")
+    folder = RunFolder(out, prepare_run_dir(out, overwrite=False, resume=True), resume=True)
+    with pytest.raises(ValueError), folder.starting():
+        raise ValueError("no tokenizer could be loaded")
+    assert (out / "config.yaml").read_text() == "old"
