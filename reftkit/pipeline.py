@@ -170,7 +170,7 @@ def _offline_st(run: Run, sft: SFTResult, warmup_samples: list[Sample]) -> None:
     st_train = offline_st_problems(
         data.train,
         warmup_samples,
-        config.task.cot,  # type: ignore[arg-type]
+        config.task.cot,
         config.self_training.max_per_question,
         random.Random(config.seed),
     )
@@ -226,9 +226,9 @@ def _reward_model(run: Run, warmup_samples: list[Sample]) -> tuple[RewardModel |
     try:
         result = train_reward_model(
             init,
-            rm_examples(problems, [s for s in warmup_samples if s.id in train_ids], config.task.cot),  # type: ignore[arg-type]
+            rm_examples(problems, [s for s in warmup_samples if s.id in train_ids], config.task.cot),
             config.rm, run.out / "checkpoints" / "rm", run.log, run.accelerator, config.seed,
-            val=(problems, [s for s in warmup_samples if s.id not in train_ids]), cot=config.task.cot,  # type: ignore[arg-type]
+            val=(problems, [s for s in warmup_samples if s.id not in train_ids]), cot=config.task.cot,
             checkpoints=StageCheckpoints(run.out, "rm", config.checkpoint, run.log, run.accelerator),
             max_nonfinite_in_row=config.checkpoint.max_nonfinite_in_row,
         )  # fmt: skip

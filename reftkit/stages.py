@@ -53,7 +53,7 @@ def base_model_dir(config: RunConfig, data: TaskData, out: Path) -> Path:
     target = out / "checkpoints" / "base"
     if is_main() and not (target / "config.json").is_file():  # a resumed run keeps its model and tokenizer
         cot = config.task.cot
-        texts = [prompt_text(p, cot) + target_text(p, cot) for p in data.train]  # type: ignore[arg-type]
+        texts = [prompt_text(p, cot) + target_text(p, cot) for p in data.train]
         write_atomically(target, lambda tmp: build_tiny(texts, config.model.tiny, tmp, seed=config.seed))
     barrier()  # the other processes load what the main one wrote
     return target
@@ -122,7 +122,7 @@ def sample_to_file(
     model = load_causal_lm(model_dir, tokenizer, config.model.dtype).to(accelerator.device)
     with accelerator.autocast():
         samples, stats = sample_problems(
-            model, tokenizer, problems, config.task.cot, config.sample, config.eval, n,  # type: ignore[arg-type]
+            model, tokenizer, problems, config.task.cot, config.sample, config.eval, n,
             seed=config.seed, answer_type=data.answer_type, desc=f"sample {split} ({model_dir.name})",
         )  # fmt: skip
     meta = {"model": str(model_dir), "task": data.name, "split": split, "cot": config.task.cot, "n": n}
@@ -146,7 +146,7 @@ def scored(
     """``samples`` with the reward model's P(correct) as their score."""
     with accelerator.autocast():
         return with_scores(
-            rm[0].to(accelerator.device), rm[1], problems, samples, config.task.cot,  # type: ignore[arg-type]
+            rm[0].to(accelerator.device), rm[1], problems, samples, config.task.cot,
             max_length=config.rm.max_length,
         )  # fmt: skip
 
@@ -163,7 +163,7 @@ def greedy(
     """Greedy accuracy of ``model`` (on the accelerator's device) on ``problems`` of ``data``'s task."""
     with accelerator.autocast():
         return evaluate_greedy(
-            model, tokenizer, problems, config.task.cot, config.eval, desc=desc,  # type: ignore[arg-type]
+            model, tokenizer, problems, config.task.cot, config.eval, desc=desc,
             answer_type=data.answer_type,
         )  # fmt: skip
 
@@ -353,8 +353,8 @@ def run_reward_model(
     trackers = open_trackers(config.report_to, out.with_name(out.name + "." + TRACKERS_DIR), out.resolve().name)
     log = MetricsLog(out.with_name(out.name + ".metrics.jsonl"), trackers=trackers)
     result = train_reward_model(
-        resolve_model_dir(init, "--model"), rm_examples(problems, samples, cot), config.rm, out, log,  # type: ignore[arg-type]
-        accelerator, config.seed, val=(problems, val) if val else None, cot=cot,  # type: ignore[arg-type]
+        resolve_model_dir(init, "--model"), rm_examples(problems, samples, cot), config.rm, out, log,
+        accelerator, config.seed, val=(problems, val) if val else None, cot=cot,
     )  # fmt: skip
     log.close()
     return result

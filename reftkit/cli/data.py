@@ -97,8 +97,8 @@ def show_examples(cfg: TaskConfig, split: str, n: int) -> str:
     problems = {"train": data.train, "val": data.val, "test": data.test}[split][:n]
     blocks = []
     for p in problems:
-        target = target_text(p, cfg.cot) if p.cot else f"(no chain of thought; gold answer {p.answer})"  # type: ignore[arg-type]
-        blocks.append(f"=== {p.id} (gold {p.answer})\n{prompt_text(p, cfg.cot)}{target}")  # type: ignore[arg-type]
+        target = target_text(p, cfg.cot) if p.cot else f"(no chain of thought; gold answer {p.answer})"
+        blocks.append(f"=== {p.id} (gold {p.answer})\n{prompt_text(p, cfg.cot)}{target}")
     return "\n\n".join(blocks) if blocks else f"{data.name} has no {split} problems"
 
 

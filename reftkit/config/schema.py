@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reftkit.reward.kinds import AnswerType
+from reftkit.reward.programs import CoT
 from reftkit.rl.ppo import AdvantageEstimator, LossAggregation
 
 # The choice fields: the loader accepts exactly these values (and says which, with a did-you-mean).
@@ -95,7 +96,7 @@ class TaskConfig:
 
     name: str = "synthetic"
     """``synthetic`` (embedded), ``gsm8k``, ``svamp``, ``mathqa_mcq``, ``mathqa_numeric`` or ``jsonl`` (your files)."""
-    cot: Literal["nl", "python"] = "python"
+    cot: CoT = "python"
     """Chain-of-thought style: ``nl`` (N-CoT) or ``python`` (P-CoT)."""
     data_dir: str | None = None
     """Directory holding ``gsm8k/``, ``svamp/``, ``mathqa/``; None reads ``$REFTKIT_DATA_DIR``."""

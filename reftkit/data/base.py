@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
 
 from reftkit.reward.kinds import AnswerType
-from reftkit.reward.programs import program_header
+from reftkit.reward.programs import CoT, program_header
 
-CoT = Literal["nl", "python"]
 COT_STYLES: tuple[str, ...] = ("nl", "python")
 
 ANSWER_TRIGGER = "\nTherefore, the answer is: "

@@ -119,7 +119,7 @@ def split_task(cfg: TaskConfig, loaded: Loaded) -> TaskData:
         train[:limit],
         (val or [])[:limit],
         test[:limit],
-        answer_type,  # type: ignore[arg-type]
+        answer_type,
         test_name="heldout" if cfg.n_heldout_test else "test",
         extra_tests=extra,
     )

@@ -8,6 +8,10 @@ need the very same text.
 from __future__ import annotations
 
 import re
+from typing import Literal
+
+CoT = Literal["nl", "python"]
+"""How a chain of thought is written: natural language (N-CoT) or a Python program (P-CoT)."""
 
 # A whole program rather than a body written after the prompt's header (imports may come first).
 _WHOLE_PROGRAM = re.compile(r"^(?:(?:import|from)\s[^\n]*\n|[ \t]*\n)*def\s+solution\s*\(")

@@ -193,7 +193,7 @@ def validation_accuracy(
             data.val,
             config.task.cot,
             config.eval,
-            answer_type=data.answer_type,  # type: ignore[arg-type]
+            answer_type=data.answer_type,
         ).accuracy
 
 

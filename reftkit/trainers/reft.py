@@ -136,7 +136,7 @@ def _reft_trainer(ctx: StageContext) -> StepwiseTrainer:
         ref = reference_model(ctx.warmup_dir, tokenizer, cfg, policy.lm, accelerator.device)
     gold = None
     if cfg.sft_coef > 0:
-        gold = GoldChains(tokenize_examples(tokenizer, ctx.data.train, config.task.cot), tokenizer.pad_token_id)  # type: ignore[arg-type]
+        gold = GoldChains(tokenize_examples(tokenizer, ctx.data.train, config.task.cot), tokenizer.pad_token_id)
     groups = policy.param_groups(cfg.lr, cfg.value_lr or cfg.lr)
     optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)

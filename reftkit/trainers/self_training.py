@@ -72,7 +72,7 @@ def _online_st_trainer(ctx: StageContext) -> StepwiseTrainer:
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, as in ReFT
-    gold = tokenize_examples(tokenizer, ctx.data.train, config.task.cot)  # type: ignore[arg-type]
+    gold = tokenize_examples(tokenizer, ctx.data.train, config.task.cot)
     pad = tokenizer.pad_token_id
 
     def update(rollout: Rollout, step: int, guard: NonFiniteGuard) -> dict[str, Any]:

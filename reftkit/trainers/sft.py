@@ -157,7 +157,7 @@ def train_sft(
     ``epochs`` epochs and selects among all of them.
     """
     cfg = config.sft
-    cot: CoT = config.task.cot  # type: ignore[assignment]
+    cot: CoT = config.task.cot
     stage = name.replace("-", "_")
     checkpoints = StageCheckpoints(out_dir, stage, config.checkpoint, log, accelerator)
     if (done := checkpoints.finished()) is not None:

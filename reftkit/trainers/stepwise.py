@@ -125,7 +125,7 @@ def run_steps(ctx: StageContext, stage: str, trainer: StepwiseTrainer, checkpoin
     best-on-validation (``checkpoints/<stage>``) and the last (``<stage>_last``) model."""
     config, tokenizer, data, log, accelerator = ctx.config, ctx.tokenizer, ctx.data, ctx.log, ctx.accelerator
     cfg = config.reft
-    cot: CoT = config.task.cot  # type: ignore[assignment]
+    cot: CoT = config.task.cot
     table = RewardTable(partial_reward=cfg.partial_reward)
     prompts = encode_prompts(tokenizer, [prompt_text(p, cot) for p in data.train])
     sample_rng = torch.Generator(device=accelerator.device).manual_seed(config.seed + 1)
@@ -145,7 +145,7 @@ def run_steps(ctx: StageContext, stage: str, trainer: StepwiseTrainer, checkpoin
     start = checkpoints.load_stepwise(trainer.model, trainer.optimizer, generators, selection, guard)
     if start == 0:
         validate(0, ctx.warmup_val_acc)
-    engine = make_engine(cfg.rollout_backend, ctx.warmup_dir)  # type: ignore[arg-type]
+    engine = make_engine(cfg.rollout_backend, ctx.warmup_dir)
     gen, k = generation_config(cfg, tokenizer), cfg.samples_per_question
     bar = tqdm(total=total_steps, initial=start, desc=stage.replace("_", "-"), unit="step", dynamic_ncols=True)
     batches = question_batches(len(prompts), cfg, torch.Generator().manual_seed(config.seed), total_steps, start)
