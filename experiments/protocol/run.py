@@ -24,8 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reftkit.config.loading import load_config
+
 K4 = ["reft.samples_per_question=4", "reft.questions_per_step=8", "reft.max_steps={group_steps}"]
 K2 = ["reft.samples_per_question=2", "reft.questions_per_step=16", "reft.max_steps={group_steps}"]
+LONG = ["reft.epochs={long_epochs}", "reft.eval_every={long_eval_every}"]  # 4x the budget, validated as often
 ARMS: dict[str, tuple[str, list[str]]] = {
     "online_st": ("online-st", []),
     "online_st_nogold": ("online-st", ["self_training.online_gold=false"]),
@@ -39,10 +42,13 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_rloo_lr1e-4": ("reft", ["reft.advantage=rloo", *K4, "reft.lr=1e-4"]),
     "reft_rloo_k2_lr1e-4": ("reft", ["reft.advantage=rloo", *K2, "reft.lr=1e-4"]),
     "online_st_nogold_lr1e-4": ("online-st", ["self_training.online_gold=false", "reft.lr=1e-4"]),
+    "reft_rloo_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}"]),
+    "online_st_nogold_4x": ("online-st", ["self_training.online_gold=false", *LONG]),
 }
 """Arm name -> (reftkit command, overrides over the protocol config). The group arms (k = 4 samples of 8 questions a
 step; k = 2: 16 questions) stop after ``--group-steps`` steps: set it to the k = 1 arms' step count, so every arm
-samples as many chains."""
+samples as many chains. The ``_4x`` arms train 4 times as long (``reft.epochs`` and the group steps of the protocol
+config, times 4), validated at 12 points like the others at 6 (every ``2 * reft.eval_every`` steps)."""
 OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_0-9]+)*=")  # key=value config overrides
 FILE_FLAGS = ("--config", "--preset", "--data-dir")  # config arguments: a resumed run keeps its own config.yaml
 DEFAULT_ARMS = ["reft_grpo", "reft_rloo", "reft_gae", "online_st", "online_st_nogold"]
@@ -91,6 +97,9 @@ def jobs_for(
     root = out / f"seed{seed}"
     sft = Job(f"seed{seed}/sft", ["sft", "--out", str(root / "sft"), *common], root / "sft")
     warmup = root / "sft" / "checkpoints" / "warmup"
+    reft = load_config(preset, config).reft
+    fields = {"group_steps": group_steps, "long_steps": 4 * group_steps, "long_epochs": 4 * reft.epochs,
+              "long_eval_every": 2 * reft.eval_every}  # fmt: skip
     jobs = [sft]
     for name in ("warmup", "sft"):  # greedy test accuracy of the warm-up and of converged SFT (its best epoch)
         argv = ["eval", "--model", str(root / "sft" / "checkpoints" / name), "--split", "test", *common]
@@ -98,7 +107,7 @@ def jobs_for(
                         needs=root / "sft" / "resume" / "sft" / "done", output=root / "sft" / f"test_{name}.json"))
     for arm in arms:
         command, overrides = ARMS[arm]
-        overrides = [o.format(group_steps=group_steps) for o in overrides]
+        overrides = [o.format(**fields) for o in overrides]
         folder = root / arm
         jobs.append(Job(f"seed{seed}/{arm}", [command, "--model", str(warmup), "--out", str(folder), *common,
                                              *overrides], folder, needs=warmup / "config.json"))  # fmt: skip

@@ -48,3 +48,17 @@ def test_another_config_is_refused(tmp_path):
     path.write_text(json.dumps(runner.merge_record(path, _record(["reft_rloo"], [0], "aaa"))))
     with pytest.raises(SystemExit, match="another config"):
         runner.merge_record(path, _record(["reft_rloo"], [0], "bbb", config="seed: 1\n"))
+
+
+def test_long_arms_train_four_times_the_budget(tmp_path):
+    config = Path(__file__).parents[2] / "experiments" / "protocol" / "default.yaml"  # reft: epochs 2, eval_every 21
+    jobs = runner.jobs_for(config, tmp_path, 0, ["reft_rloo", "reft_rloo_4x", "online_st_nogold_4x"], None,
+                           "default", 126)  # fmt: skip
+    argv = {job.name.split("/")[1]: job.argv for job in jobs}
+    assert "reft.max_steps=126" in argv["reft_rloo"]
+    assert {"reft.max_steps=504", "reft.epochs=8", "reft.eval_every=42", "reft.advantage=rloo",
+            "reft.samples_per_question=4", "reft.questions_per_step=8"} <= set(argv["reft_rloo_4x"])  # fmt: skip
+    assert {"reft.epochs=8", "reft.eval_every=42", "self_training.online_gold=false"} <= set(
+        argv["online_st_nogold_4x"]
+    )
+    assert not any(a.startswith("reft.max_steps") for a in argv["online_st_nogold_4x"])
