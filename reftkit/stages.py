@@ -20,7 +20,7 @@ from reftkit.config.loading import check_out_dir, dump_yaml
 from reftkit.config.schema import ConfigError, RunConfig
 from reftkit.data.base import Problem, TaskData, prompt_text, target_text
 from reftkit.data.registry import load_task, require_training_data
-from reftkit.evaluation.accuracy import EvalResult, evaluate_greedy, inference_curves
+from reftkit.evaluation.accuracy import EvalResult, inference_curves
 from reftkit.evaluation.plots import plot_inference_curves, plot_run
 from reftkit.evaluation.report import render_inference_table, write_predictions
 from reftkit.evaluation.sampling import (
@@ -35,7 +35,7 @@ from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer, r
 from reftkit.run_folder import RunFolder, prepare_run_dir, run_identity
 from reftkit.runtime.distributed import barrier, broadcast, is_main
 from reftkit.runtime.trackers import TRACKERS_DIR, open_trackers
-from reftkit.trainers.common import MetricsLog, device_line, make_accelerator, write_atomically
+from reftkit.trainers.common import MetricsLog, device_line, greedy_accuracy, make_accelerator, write_atomically
 from reftkit.trainers.reft import train_reft
 from reftkit.trainers.reward_model import load_reward_model, rm_examples, train_reward_model, with_scores
 from reftkit.trainers.self_training import train_online_st
@@ -151,23 +151,6 @@ def scored(
         )  # fmt: skip
 
 
-def greedy(
-    config: RunConfig,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem],
-    data: TaskData,
-    desc: str,
-    accelerator: Accelerator,
-) -> EvalResult:
-    """Greedy accuracy of ``model`` (on the accelerator's device) on ``problems`` of ``data``'s task."""
-    with accelerator.autocast():
-        return evaluate_greedy(
-            model, tokenizer, problems, config.task.cot, config.eval, desc=desc,
-            answer_type=data.answer_type,
-        )  # fmt: skip
-
-
 def test_sets(
     config: RunConfig,
     model: PreTrainedModel,
@@ -184,7 +167,9 @@ def test_sets(
     model = model.to(accelerator.device)
     results = {}
     for test_name, problems in sets.items():
-        result = greedy(config, model, tokenizer, problems, data, f"{test_name} {name}", accelerator)
+        result = greedy_accuracy(
+            model, tokenizer, problems, config, data.answer_type, accelerator, f"{test_name} {name}"
+        )
         log.write(
             "test",
             0,
@@ -273,7 +258,7 @@ def run_eval(config: RunConfig, model_path: str, split: str, predictions: Path |
     model_path = str(resolve_model_dir(model_path, "--model"))
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, tokenizer, config.model.dtype).to(accelerator.device)
-    result = greedy(config, model, tokenizer, problems, data, f"eval {split}", accelerator)
+    result = greedy_accuracy(model, tokenizer, problems, config, data.answer_type, accelerator, f"eval {split}")
     if predictions is not None and is_main():
         write_predictions(predictions, problems, result)
     return {

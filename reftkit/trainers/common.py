@@ -18,8 +18,8 @@ from accelerate.state import AcceleratorState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import ReFTConfig, RunConfig, TrainingError
-from reftkit.data.base import TaskData
-from reftkit.evaluation.accuracy import evaluate_greedy
+from reftkit.data.base import AnswerType, Problem
+from reftkit.evaluation.accuracy import EvalResult, evaluate_greedy
 from reftkit.rollout.base import Batch, GenerationConfig, Responses, RolloutEngine
 from reftkit.rollout.generate import left_pad
 from reftkit.runtime.distributed import is_main, launched
@@ -178,23 +178,21 @@ class Selection:
         self.history = {int(k): v for k, v in state["history"].items()}  # JSON keys are strings
 
 
-def validation_accuracy(
+def greedy_accuracy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    data: TaskData,
+    problems: Sequence[Problem],
     config: RunConfig,
+    answer_type: AnswerType,
     accelerator: Accelerator,
-) -> float:
-    """Greedy accuracy on the validation split, the figure checkpoints are selected by."""
+    desc: str | None = None,
+) -> EvalResult:
+    """Greedy results of ``model`` on ``problems`` under the run's autocast and eval settings: what checkpoints are
+    selected by on validation and what the test sets report."""
     with accelerator.autocast():
         return evaluate_greedy(
-            model,
-            tokenizer,
-            data.val,
-            config.task.cot,
-            config.eval,
-            answer_type=data.answer_type,
-        ).accuracy
+            model, tokenizer, problems, config.task.cot, config.eval, desc=desc, answer_type=answer_type
+        )
 
 
 def step_plan(n_questions: int, cfg: ReFTConfig) -> tuple[int, int]:

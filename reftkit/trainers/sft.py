@@ -20,7 +20,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 
 from reftkit.config.schema import RewardModelConfig, RunConfig, SFTConfig
 from reftkit.data.base import CoT, Problem, TaskData, prompt_text, target_text
-from reftkit.evaluation.accuracy import evaluate_greedy
 from reftkit.models.policy import position_ids_from_mask
 from reftkit.models.trainable import prepare_for_training, save_lm, trainable_parameters
 from reftkit.rollout.generate import encode_prompts
@@ -32,6 +31,7 @@ from reftkit.trainers.common import (
     NonFiniteGuard,
     apply_gradients,
     backward_parts,
+    greedy_accuracy,
     split_rows,
     write_atomically,
 )
@@ -181,8 +181,7 @@ def train_sft(
     def end_epoch(epoch: int) -> None:
         """Validate, log, save the warm-up snapshot and any new best; back to train mode."""
         unwrapped = accelerator.unwrap_model(model)
-        with accelerator.autocast():
-            val = evaluate_greedy(unwrapped, tokenizer, data.val, cot, config.eval, answer_type=data.answer_type)
+        val = greedy_accuracy(unwrapped, tokenizer, data.val, config, data.answer_type, accelerator)
         train_loss = epochs_so_far.loss / steps_per_epoch
         log.write(f"{stage}_eval", step, epoch=epoch, val_acc=val.accuracy, val_length=val.mean_length,
                   train_loss=train_loss, **{f"val_{k}": v for k, v in val.counts.items()})  # fmt: skip

@@ -33,10 +33,10 @@ from reftkit.trainers.common import (
     MetricsLog,
     NonFiniteGuard,
     Selection,
+    greedy_accuracy,
     question_batches,
     sample_policy,
     step_plan,
-    validation_accuracy,
 )
 
 
@@ -135,7 +135,7 @@ def run_steps(ctx: StageContext, stage: str, trainer: StepwiseTrainer, checkpoin
 
     def validate(step: int, known: float | None = None) -> None:
         if known is None:
-            known = validation_accuracy(trainer.lm(), tokenizer, data, config, accelerator)
+            known = greedy_accuracy(trainer.lm(), tokenizer, data.val, config, data.answer_type, accelerator).accuracy
         log.write(f"{stage}_eval", step, epoch=ctx.epoch_offset + step / steps_per_epoch, val_acc=known)
         if selection.record(step, known):
             trainer.save(dirs[stage])
