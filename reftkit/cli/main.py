@@ -15,7 +15,13 @@ from typing import Any
 
 from reftkit.cli.launch import cpu_relaunch
 from reftkit.cli.parser import EXIT_USAGE, build_parser, usage_error
-from reftkit.config.loading import check_out_dir, dump_yaml_with_docs, load_config, resumed_config
+from reftkit.config.loading import (
+    check_out_dir,
+    check_writable,
+    dump_yaml_with_docs,
+    load_config,
+    resumed_config,
+)
 from reftkit.config.schema import ConfigError, RunConfig, TrainingError
 from reftkit.data.registry import check_task, task_info
 from reftkit.runtime.interrupt import StopRequested
@@ -282,6 +288,7 @@ def check_out_file(flag: str, path: Path, overwrite: bool, also: Path | None = N
     existing = next((p for p in (path, also) if p is not None and p.exists()), None)
     if existing is not None and not overwrite:
         raise ConfigError(f"{flag}: {existing} exists; pass --overwrite to replace it, or give another path")
+    check_writable(flag, path.parent)
 
 
 def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
@@ -311,6 +318,7 @@ def _data_command(args: argparse.Namespace, config: RunConfig) -> int:
 def _results_command(args: argparse.Namespace) -> int:
     from reftkit.evaluation.results import aggregate
 
+    check_writable("--docs", args.docs)
     for entry in aggregate(args.experiments, args.docs, args.ablations):
         print(f"{entry['experiment']}: {len(entry['seeds'])} seeds")
     print(f"wrote {args.docs / 'results.json'} and {args.docs / 'results.md'}")
@@ -322,6 +330,7 @@ def _model_command(args: argparse.Namespace) -> int:
     from reftkit.models.gguf import PROVENANCE_FILE, find_packaged_gguf, import_gguf
 
     source = Path(args.gguf) if args.gguf else find_packaged_gguf(args.package)
+    check_writable("--out", args.out)
     out = import_gguf(source, args.out, args.overwrite)
     print(json.dumps({"out": str(out), **json.loads((out / PROVENANCE_FILE).read_text())}, indent=2))
     return 0

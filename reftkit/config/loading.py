@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import inspect
 import math
+import os
+import tempfile
 import textwrap
 import types
 import typing
@@ -105,11 +107,31 @@ def load_config(preset: str | None = "default", file: str | Path | None = None, 
     return config
 
 
+def check_writable(flag: str, path: Path) -> None:
+    """``path`` (a file or folder to be written) can be made: its nearest existing folder takes a new entry. Probed
+    by making and removing an empty folder there, because permission bits do not tell for root, read-only mounts
+    or /sys."""
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return  # a file in the way: the caller's own check names it
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".reftkit-probe-", dir=base))
+    except OSError as err:
+        raise ConfigError(
+            f"{flag}: {base} is not writable ({err.strerror}); give a path in a folder you can write to"
+        ) from None
+
+
 def check_out_dir(out: Path, overwrite: bool, resume: bool, resumable: bool = True) -> None:
-    """The one rule for an ``--out`` folder: a folder, never overwritten unasked; a resumed one holds a run.
-    ``resumable=False`` for outputs that cannot be resumed (``reftkit rm``)."""
+    """The one rule for an ``--out`` folder: a folder, never overwritten unasked, in a place that can be written; a
+    resumed one holds a run. ``resumable=False`` for outputs that cannot be resumed (``reftkit rm``)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file; give a folder path")
+    check_writable("--out", out)
+    if overwrite and out.is_dir():
+        check_writable("--out", out.parent)  # --overwrite builds the new run beside the old one
     if resume:
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); start it without --resume")

@@ -246,6 +246,7 @@ def _finished(folder: Path, protocol: dict[str, Any]) -> tuple[list[int], list[s
     """The seeds whose SFT run and test evaluation finished and that finished at least one arm; the arms every one
     of those seeds finished (the table); and the other arms' test accuracies by seed (an arm added later, or one
     still running), so that a later runner's arms never hide the seeds of the first."""
+
     def has(seed: int, arm: str) -> bool:
         return (folder / f"seed{seed}" / arm / "summary.json").is_file()
 

@@ -2,6 +2,7 @@
 traceback, and nothing written where the command would have written (the whole tmp folder is compared)."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,44 @@ def _assert_fails_cleanly(argv: list[str], message: str, tmp_path: Path, monkeyp
     assert message.replace("{tmp}", str(tmp_path)) in lines[0]
     assert "Traceback" not in err
     assert _snapshot(tmp_path) == before  # no run folder, no file created, the full folder untouched
+
+
+LOCKED = [  # a folder the user cannot write to: each output flag says so before anything starts
+    ([*RUN[:1], "--out", "{tmp}/locked/run", *RUN[3:]], "--out: {tmp}/locked is not writable (Permission denied)"),
+    (["reft", "--model", "{tmp}/plain", "--out", "{tmp}/locked/run"], "--out: {tmp}/locked is not writable"),
+    (["sample", "--model", "{tmp}/plain", "--n", "2", "--out", "{tmp}/locked/s.jsonl"], "--out: {tmp}/locked is not"),
+    (["eval", "--model", "{tmp}/plain", "--predictions", "{tmp}/locked/p.jsonl"], "--predictions: {tmp}/locked is"),
+    (["results", "{tmp}/full", "--docs", "{tmp}/locked/docs"], "--docs: {tmp}/locked is not writable"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), LOCKED, ids=[a[0] for a, _ in LOCKED])
+def test_a_folder_that_cannot_be_written_is_named_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    """Permission bits do not stop root, so the folder is locked where the probe makes its test folder."""
+    import reftkit.config.loading
+
+    real = reftkit.config.loading.tempfile.mkdtemp
+
+    def mkdtemp(prefix: str, dir: Path) -> str:
+        if Path(dir) == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(prefix=prefix, dir=dir)
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(reftkit.config.loading.tempfile, "mkdtemp", mkdtemp)
+    _assert_fails_cleanly(argv, message, tmp_path, monkeypatch, capsys)
+
+
+def test_a_read_only_system_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """The probe itself, on a folder the kernel refuses to anyone (/sys), where there is one."""
+    sys_dir = Path("/sys")
+    try:
+        Path(tempfile.mkdtemp(dir=sys_dir)).rmdir()
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    _assert_fails_cleanly(["run", "--out", "/sys/reftkit-run", "--preset", "micro"], "--out: /sys is not writable",
+                          tmp_path, monkeypatch, capsys)  # fmt: skip
 
 
 def test_debug_shows_the_traceback(tmp_path):
