@@ -42,6 +42,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_rloo_lr1e-4": ("reft", ["reft.advantage=rloo", *K4, "reft.lr=1e-4"]),
     "reft_rloo_k2_lr1e-4": ("reft", ["reft.advantage=rloo", *K2, "reft.lr=1e-4"]),
     "online_st_nogold_lr1e-4": ("online-st", ["self_training.online_gold=false", "reft.lr=1e-4"]),
+    "reft_rloo_positive": ("reft", ["reft.advantage=rloo", *K4, "reft.positive_only=true"]),
+    "reft_rloo_nopartial": ("reft", ["reft.advantage=rloo", *K4, "reft.partial_reward=false"]),
     "reft_rloo_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}"]),
     "online_st_nogold_4x": ("online-st", ["self_training.online_gold=false", *LONG]),
 }

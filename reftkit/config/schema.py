@@ -212,6 +212,10 @@ class ReFTConfig:
     sft_coef: float = 0.0
     """Weight of a cross-entropy term on the gold chains of each minibatch's questions, added to the PPO loss (the
     reference has it commented out); 0: pure RL, as the paper."""
+    positive_only: bool = False
+    """Critic-free estimators: zero every negative sequence advantage, so only samples better than their group's
+    baseline are reinforced and worse ones are not pushed down, as rejection-sampling fine-tuning (RAFT; online
+    self-training without gold) learns. Tests whether pushing down wrong chains is what costs RL."""
     value_warmup_steps: int = 0
     """The first this many PPO steps train only the value head (and a separate value model); the policy stays
     the warm-up, so its first updates see a trained critic (REFERENCE.md G: the paper blames its first bad epochs

@@ -217,6 +217,8 @@ def make_experience(
         advantages, returns = ppo.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     else:
         per_sample = ppo.sequence_advantages(cfg.advantage, scores.to(device), questions.to(device))
+        if cfg.positive_only:
+            per_sample = per_sample.clamp(min=0.0)
         advantages = ppo.critic_free_advantages(local_rows(per_sample, rows), mask, kl, cfg.kl_coef)
     if spec.whiten or (spec.needs_critic and cfg.whiten_advantages):
         sums = accelerator.reduce(ppo.masked_sums(advantages, mask), reduction="sum")

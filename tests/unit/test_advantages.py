@@ -132,3 +132,6 @@ def test_group_estimators_need_several_samples_per_question():
     with pytest.raises(ConfigError, match="no value head"):
         overrides = ["reft.advantage=grpo", "reft.value_warmup_steps=1"]
         load_config("default", None, overrides)
+    with pytest.raises(ConfigError, match=r"reft\.positive_only: gae"):
+        load_config("default", None, ["reft.advantage=gae", "reft.positive_only=true"])
+    assert load_config("default", None, ["reft.positive_only=true"]).reft.positive_only

@@ -80,3 +80,28 @@ def test_value_loss_reaches_the_trunk_only_when_shared(tiny, value_model, trunk_
 def tuple_scaled(result, factor):
     loss, stats = result
     return loss * factor, stats
+
+
+@pytest.mark.parametrize("positive_only", [False, True])
+def test_positive_only_zeroes_the_advantages_of_samples_below_their_baseline(tiny, positive_only):
+    """rloo over two questions of two samples, scores (1, 0) and (0.1, 0.1), no KL: sequence advantages 1, -1, 0, 0;
+    ``reft.positive_only`` keeps the 1 and zeroes the -1."""
+    path, tokenizer = tiny
+    overrides = ["mixed_precision=no", "reft.advantage=rloo", "reft.samples_per_question=2", "reft.kl_coef=0",
+                 f"reft.positive_only={str(positive_only).lower()}"]  # fmt: skip
+    config = load_config("micro", None, overrides)
+    policy = PolicyWithValue(load_causal_lm(path, tokenizer), None).eval()
+    batch = left_pad(encode_prompts(tokenizer, ["Tom has 5 apples."] * 2 + ["He buys 3 more."] * 2),
+                     tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    responses = generate(
+        policy.lm, batch, GenerationConfig(6, tokenizer.eos_token_id, tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    rollout = Rollout(torch.tensor([0, 0, 1, 1]), batch, responses, [], [], [], torch.tensor([1.0, 0.0, 0.1, 0.1]))
+    exp = make_experience(policy, None, rollout, config, Accelerator(cpu=True))
+    mask = responses.mask.bool()
+    first = exp.advantages[mask.cumsum(1) == 1]  # each row's first counted token: its sequence advantage
+    expected = [1.0, 0.0 if positive_only else -1.0, 0.0, 0.0]
+    assert first.tolist() == pytest.approx(expected)
+    assert torch.equal(exp.advantages[~mask], torch.zeros_like(exp.advantages[~mask]))
