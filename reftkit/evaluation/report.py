@@ -139,6 +139,10 @@ PROTOCOL_ARM_NAMES = {
     "reft_rloo_lr1e-4": "ReFT, RLOO lr 1e-4",
     "reft_rloo_k2_lr1e-4": "ReFT, RLOO k=2, lr 1e-4",
     "online_st_nogold_lr1e-4": "online self-training, no gold, lr 1e-4",
+    "reft_rloo_positive": "ReFT, RLOO positive-only",
+    "reft_rloo_nopartial": "ReFT, RLOO without the 0.1 partial reward",
+    "reft_rloo_4x": "ReFT, RLOO, 4x the budget",
+    "online_st_nogold_4x": "online self-training, no gold, 4x the budget",
 }
 
 
