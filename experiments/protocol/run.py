@@ -28,6 +28,7 @@ from reftkit.config.loading import load_config
 
 K4 = ["reft.samples_per_question=4", "reft.questions_per_step=8", "reft.max_steps={group_steps}"]
 K2 = ["reft.samples_per_question=2", "reft.questions_per_step=16", "reft.max_steps={group_steps}"]
+POS = "reft.positive_only=true"
 LONG = ["reft.epochs={long_epochs}", "reft.eval_every={long_eval_every}"]  # 4x the budget, validated as often
 ARMS: dict[str, tuple[str, list[str]]] = {
     "online_st": ("online-st", []),
@@ -42,8 +43,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_rloo_lr1e-4": ("reft", ["reft.advantage=rloo", *K4, "reft.lr=1e-4"]),
     "reft_rloo_k2_lr1e-4": ("reft", ["reft.advantage=rloo", *K2, "reft.lr=1e-4"]),
     "online_st_nogold_lr1e-4": ("online-st", ["self_training.online_gold=false", "reft.lr=1e-4"]),
-    "reft_rloo_positive": ("reft", ["reft.advantage=rloo", *K4, "reft.positive_only=true"]),
+    "reft_rloo_positive": ("reft", ["reft.advantage=rloo", *K4, POS]),
     "reft_rloo_nopartial": ("reft", ["reft.advantage=rloo", *K4, "reft.partial_reward=false"]),
+    "reft_rloo_positive_k2": ("reft", ["reft.advantage=rloo", *K2, POS]),
+    "reft_rloo_positive_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}", POS]),
     "reft_rloo_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}"]),
     "online_st_nogold_4x": ("online-st", ["self_training.online_gold=false", *LONG]),
 }
