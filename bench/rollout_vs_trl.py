@@ -51,7 +51,8 @@ core, a cross-check when other jobs share the machine.
 (b) Whole PPO step, one rollout batch of questions x k rows and the optimizer updates made on it:
 - reftkit: the body of ``train_reft``'s loop without logging, validation and checkpoints: ``sample_policy``,
   ``decode_responses`` + ``grade_batch`` (P-CoT programs run in reftkit's sandbox), ``make_experience`` (policy
-  forward with the value head, reference-model forward, k1 KL in the reward, GAE, whitening) and ``ppo_update``
+  forward, reference-model forward, k1 KL in the reward, the default preset's advantages: RLOO, no value head;
+  with ``gae`` a value head, GAE and whitening) and ``ppo_update``
   (``ppo_epochs`` = 2 passes over minibatches of ``minibatch_size`` = min(32, rows): forward, backward, clip,
   AdamW step each). The policy is a ``PolicyWithValue`` prepared by the same Accelerator, as in ``train_reft``.
 - TRL: ``trainer.train()`` with ``max_steps`` = (1 + repeats) rounds x U optimizer steps, where a round is one
@@ -73,13 +74,12 @@ core, a cross-check when other jobs share the machine.
   Phases are timed by wrapping the trainer's methods (``_generate_single_turn``, ``_calculate_rewards``,
   ``_get_per_token_logps_and_entropies`` without gradients = scoring); "update" is the rest of the round.
 
-Where the two steps inherently differ: GRPO has no value head and no GAE (advantages are group-normalised
-rewards, one per sample), puts the KL in the loss rather than in the reward, and computes log-probs with a fused,
-chunked LM head (no full [rows, length, vocab] logits); reftkit's policy forward also returns the last hidden
-state for its value head and materialises the logits. TRL's optimizer is ``adamw_torch_fused``, reftkit's
-``torch.optim.AdamW``; TRL shuffles the rows once per rollout, reftkit per PPO epoch; reftkit's step also
-repeats each prompt's KV cache for its k samples where TRL encodes the prompt k times. The number of forward and
-backward passes over the same rows is the same on both sides.
+Where the two steps inherently differ: GRPO normalises each group's rewards by their std where RLOO subtracts
+the mean of the other samples, puts the KL in the loss rather than in the reward, and computes log-probs with a
+fused, chunked LM head (no full [rows, length, vocab] logits) where reftkit materialises the logits. TRL's
+optimizer is ``adamw_torch_fused``, reftkit's ``torch.optim.AdamW``; TRL shuffles the rows once per rollout,
+reftkit per PPO epoch; reftkit's step also repeats each prompt's KV cache for its k samples where TRL encodes the
+prompt k times. The number of forward and backward passes over the same rows is the same on both sides.
 
 Figures depend heavily on machine load: take them on an idle machine (nothing else running), and read
 figures taken under load only as ratios, and those only roughly. The last line printed is
@@ -111,6 +111,7 @@ from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.models.policy import PolicyWithValue
 from reftkit.reward.answers import RewardTable, grade_batch, trl_reward_function
 from reftkit.reward.sandbox import shutdown
+from reftkit.rl.ppo import ESTIMATORS
 from reftkit.rollout.base import generation_config
 from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import decode_responses, encode_prompts
@@ -239,11 +240,9 @@ def main() -> None:
     # reftkit: as train_reft sets it up
     cfg = config.reft
     engine, gen = make_engine(cfg.rollout_backend), generation_config(cfg, tokenizer)
-    policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer))
+    policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer), critic=ESTIMATORS[cfg.advantage].needs_critic)
     ref = load_causal_lm(model_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    value_params = [p for name, p in policy.named_parameters() if not name.startswith("lm.")]
-    groups = [{"params": list(policy.lm.parameters()), "lr": cfg.lr}, {"params": value_params, "lr": cfg.lr}]
-    optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, cfg.lr), eps=1e-8, weight_decay=0.0)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     policy.eval()
     lm = accelerator.unwrap_model(policy).lm
