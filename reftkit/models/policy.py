@@ -7,6 +7,7 @@ in a folder of its own (``VALUE_MODEL_DIR``), so the policy folder stays a stand
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ class _OnDevice(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> Any:
         device = inputs["input_ids"].device
         here = next(self.lm.parameters()).device
-        out = self.lm(**{k: v.to(here) for k, v in inputs.items()})
+        out = self.lm(**{k: v.to(here) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
         out.logits = out.logits.to(device)
         return out
 
@@ -47,6 +48,19 @@ class _AdaptersOff(nn.Module):
         lm = self._lm[0]
         with torch.no_grad(), lm.disable_adapter():
             return lm(**inputs)
+
+
+def logits_kept(model: nn.Module, n: int) -> dict[str, int]:
+    """``{"logits_to_keep": n}`` where the causal LM's forward takes it (transformers >= 4.50): the LM head then runs
+    on the last ``n`` positions only, not on the prompt; ``{}`` otherwise, and the caller slices the full logits."""
+    inner: Any = model
+    if isinstance(inner, _OnDevice):
+        inner = inner.lm
+    if isinstance(inner, _AdaptersOff):
+        inner = inner._lm[0]
+    if hasattr(inner, "get_base_model"):  # a PEFT model passes the argument on to the model it wraps
+        inner = inner.get_base_model()
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
 
 
 def reference_model(
@@ -101,14 +115,17 @@ class PolicyWithValue(nn.Module):
 
         ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
         position_ids = position_ids_from_mask(attention_mask)
+        keep = input_ids.size(1) - logits_from
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=self.value_head is not None and self.value_lm is None,
+            **logits_kept(self.lm, keep),
         )
+        logits = out.logits[:, -keep:]
         if self.value_head is None:
-            return out.logits[:, logits_from:], None
+            return logits, None
         if self.value_lm is None:
             hidden = out.hidden_states[-1] if value_into_trunk else out.hidden_states[-1].detach()
         else:
@@ -120,7 +137,7 @@ class PolicyWithValue(nn.Module):
             ).hidden_states[-1]
         hidden = hidden[:, logits_from:].float()
         values = nn.functional.linear(hidden, self.value_head.weight.float(), self.value_head.bias.float())
-        return out.logits[:, logits_from:], values.squeeze(-1)
+        return logits, values.squeeze(-1)
 
     def param_groups(self, lr: float, value_lr: float) -> list[dict[str, Any]]:
         """Optimizer groups: the policy's trainable weights at ``lr``, the value head (in full) and the value

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -34,6 +34,49 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
     """log pi(token) per position; log_softmax in float32 because bf16 logits lose the small log-probs."""
     logp = logits.float().log_softmax(dim=-1)
     return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+
+
+LOGPROB_CHUNK_ROWS = 256
+"""Positions per chunk of ``token_logprobs``: a float32 chunk of a 49k-token vocabulary is then about 50 MB."""
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / T)[token], chunk by chunk of positions in float32: neither pass holds a float32
+    [positions, vocab] tensor; the backward recomputes each chunk's softmax from the saved logits and
+    log-sum-exp (d logp / d logits = onehot(token) - softmax, divided by T)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, tokens: Tensor, temperature: float, chunk: int) -> Tensor:
+        flat, index = logits.reshape(-1, logits.size(-1)), tokens.reshape(-1, 1).long()
+        out = torch.empty(flat.size(0), dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(out)
+        for start in range(0, flat.size(0), chunk):
+            part = flat[start : start + chunk].float() / temperature
+            lse[start : start + chunk] = part.logsumexp(-1)
+            out[start : start + chunk] = part.gather(-1, index[start : start + chunk]).squeeze(-1)
+        out -= lse
+        ctx.save_for_backward(logits, index, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out.view(tokens.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
+        logits, index, lse = ctx.saved_tensors
+        flat, g = logits.reshape(-1, logits.size(-1)), grad_out.reshape(-1, 1).float()
+        grad = torch.empty_like(flat)
+        for start in range(0, flat.size(0), ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            probs = torch.exp(flat[rows].float() / ctx.temperature - lse[rows].unsqueeze(-1))
+            part = (-probs * g[rows]).scatter_add_(-1, index[rows], g[rows])
+            grad[rows] = part / ctx.temperature
+        return grad.view_as(logits), None, None, None
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0, chunk: int = LOGPROB_CHUNK_ROWS) -> Tensor:
+    """``logprobs_from_logits(logits / temperature, tokens)`` in float32 (equal to 1e-5) without materialising
+    the float32 log-softmax over the vocabulary: what scoring and the PPO loss use when no top-k / top-p
+    filter applies."""
+    return _TokenLogprobs.apply(logits, tokens, float(temperature), chunk)
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k1") -> Tensor:

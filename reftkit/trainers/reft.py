@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import ReFTConfig, RunConfig
 from reftkit.data.base import TaskData
-from reftkit.models.policy import PolicyWithValue, position_ids_from_mask, reference_model
+from reftkit.models.policy import PolicyWithValue, logits_kept, position_ids_from_mask, reference_model
 from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import frac_correct_chain_disagrees
 from reftkit.rl import ppo
@@ -90,8 +90,18 @@ def score(
     """Log-probs of the response tokens under the distribution they were sampled from (``sampling`` is
     temperature, top-k, top-p) and the values of the states before them (None without a critic), both [N, R]."""
     logits, values = policy(input_ids, attention_mask, prompt_width - 1, value_into_trunk)
-    logp = ppo.logprobs_from_logits(warp_logits(logits[:, :-1], *sampling, keep=response_ids), response_ids)
-    return logp, None if values is None else values[:, :-1]
+    return response_logprobs(logits[:, :-1], response_ids, sampling), None if values is None else values[:, :-1]
+
+
+def response_logprobs(
+    logits: torch.Tensor, response_ids: torch.Tensor, sampling: tuple[float, int, float]
+) -> torch.Tensor:
+    """Float32 log-probs of the drawn tokens under the sampling distribution; without a top-k / top-p filter by the
+    chunked path (``ppo.token_logprobs``), which never holds float32 log-probs of the whole vocabulary."""
+    temperature, top_k, top_p = sampling
+    if top_k == 0 and top_p >= 1.0:
+        return ppo.token_logprobs(logits, response_ids, temperature)
+    return ppo.logprobs_from_logits(warp_logits(logits, *sampling, keep=response_ids), response_ids)
 
 
 @torch.no_grad()
@@ -105,12 +115,14 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """The reference's log-probs of the response tokens at the sampling temperature (no top-k/top-p: a token
     outside the reference's own top set would have an infinite KL), as TRL does."""
+    keep = input_ids.size(1) - prompt_width + 1  # the last prompt position predicts the first response token
     logits = ref(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
+        **logits_kept(ref, keep),
     ).logits
-    return ppo.logprobs_from_logits(warp_logits(logits[:, prompt_width - 1 : -1], temperature), response_ids)
+    return response_logprobs(logits[:, -keep:-1], response_ids, (temperature, 0, 1.0))
 
 
 def sampling_of(cfg: ReFTConfig) -> tuple[float, int, float]:

@@ -130,3 +130,16 @@ def test_weight_dtype_reaches_the_policy_and_its_reference(tmp_path):
     assert {p.dtype for p in on_cpu.parameters()} == {torch.float32}  # as documented for reft.ref_device=cpu
     policy.save_pretrained(tmp_path / "saved")
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").dtype == torch.bfloat16  # saved as trained
+
+
+def test_policy_logits_from_a_position_equal_the_full_forwards_slice(tmp_path):
+    """The LM head runs only from ``logits_from`` on (``logits_to_keep``); those logits are the full forward's."""
+    path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
+    tokenizer = load_tokenizer(path)
+    policy = PolicyWithValue(load_causal_lm(path, tokenizer), critic=False).eval()
+    batch = left_pad(encode_prompts(tokenizer, ["Tom has 5 apples.", "He buys"]), tokenizer.pad_token_id)
+    with torch.no_grad():
+        full, _ = policy(batch.ids, batch.mask)
+        kept, _ = policy(batch.ids, batch.mask, logits_from=3)
+    assert kept.shape == (2, batch.ids.size(1) - 3, full.size(-1))
+    torch.testing.assert_close(kept, full[:, 3:], atol=1e-5, rtol=1e-5)

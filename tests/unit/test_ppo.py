@@ -17,6 +17,7 @@ from reftkit.rl.ppo import (
     masked_sums,
     policy_loss,
     shaped_rewards,
+    token_logprobs,
     value_loss,
     whiten,
 )
@@ -270,3 +271,30 @@ def test_explained_variance_perfect_hand_and_constant_returns():
     close(explained_variance(t([1.0, 2.0, 2.0, -50.0]), returns, mask), 2 / 3)
     # Constant returns: defined as 0, not nan.
     close(explained_variance(t([0.0, 1.0, 2.0, 0.0]), t([1.0, 1.0, 1.0, 9.0]), mask), 0.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_token_logprobs_equal_the_full_log_softmax_and_its_gradient(temperature):
+    """The chunked path (chunks of 7 positions that do not divide 3 x 11) against log_softmax over the vocabulary,
+    float32: values and gradients to 1e-5."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 11, 500)).requires_grad_()
+    tokens = torch.randint(0, 500, (3, 11))
+    weights = torch.randn(3, 11)
+    full = logprobs_from_logits(logits / temperature, tokens)
+    chunked = token_logprobs(logits, tokens, temperature, chunk=7)
+    close(chunked, full.detach(), atol=1e-5)
+    (want,) = torch.autograd.grad((full * weights).sum(), logits)
+    (got,) = torch.autograd.grad((chunked * weights).sum(), logits)
+    close(got, want, atol=1e-5)
+
+
+def test_chunked_token_logprobs_take_bf16_logits_give_float32_and_a_bf16_gradient():
+    logits = torch.zeros(1, 2, 4, dtype=torch.bfloat16, requires_grad=True)
+    out = token_logprobs(logits, torch.tensor([[1, 3]]))
+    assert out.dtype == torch.float32
+    close(out, [[math.log(1 / 4), math.log(1 / 4)]])
+    out.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+    # d log p(token) / d logits = onehot - softmax = onehot - 1/4 for each position
+    close(logits.grad.float(), [[[-0.25, 0.75, -0.25, -0.25], [-0.25, -0.25, -0.25, 0.75]]])
