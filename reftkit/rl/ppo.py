@@ -51,9 +51,10 @@ class _TokenLogprobs(torch.autograd.Function):
         out = torch.empty(flat.size(0), dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(out)
         for start in range(0, flat.size(0), chunk):
-            part = flat[start : start + chunk].float() / temperature
-            lse[start : start + chunk] = part.logsumexp(-1)
-            out[start : start + chunk] = part.gather(-1, index[start : start + chunk]).squeeze(-1)
+            rows = slice(start, start + chunk)
+            part = flat[rows].float() if temperature == 1.0 else flat[rows].float() / temperature
+            lse[rows] = part.logsumexp(-1)
+            out[rows] = part.gather(-1, index[rows]).squeeze(-1)
         out -= lse
         ctx.save_for_backward(logits, index, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
@@ -66,9 +67,11 @@ class _TokenLogprobs(torch.autograd.Function):
         grad = torch.empty_like(flat)
         for start in range(0, flat.size(0), ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            probs = torch.exp(flat[rows].float() / ctx.temperature - lse[rows].unsqueeze(-1))
-            part = (-probs * g[rows]).scatter_add_(-1, index[rows], g[rows])
-            grad[rows] = part / ctx.temperature
+            part = flat[rows].to(torch.float32, copy=True)  # one float32 chunk, then in place: -g * softmax
+            if ctx.temperature != 1.0:
+                part.div_(ctx.temperature)
+            part.sub_(lse[rows].unsqueeze(-1)).exp_().mul_(-g[rows]).scatter_add_(-1, index[rows], g[rows])
+            grad[rows] = part if ctx.temperature == 1.0 else part.div_(ctx.temperature)
         return grad.view_as(logits), None, None, None
 
 
