@@ -7,11 +7,12 @@
 log-sum-exp, no float32 [rows, length, vocab] tensor). "old": full logits and ``log_softmax`` in float32 over the
 vocabulary, as before ``355498d``. One rollout is sampled once; each round builds a fresh policy per side, then
 times ``make_experience`` (policy and reference forwards, no grad) and ``ppo_update`` (2 PPO epochs); the sides
-alternate within a round and each ratio is the median of the per-round ratios.
+alternate within a round, each going first in turn, and each ratio is the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import tempfile
@@ -81,7 +82,7 @@ def main() -> None:
     print(f"{len(rows)} rows, {int(responses.mask.sum())} response tokens, width {width}; {args.threads} thread(s)")
     times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
     for round_ in range(args.repeats):
-        for path in ("old", "new"):
+        for path in ("old", "new") if round_ % 2 == 0 else ("new", "old"):  # each goes first in turn
             use(path)
             policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer), critic=False)
             optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, cfg.lr), eps=1e-8, weight_decay=0.0)
@@ -93,6 +94,8 @@ def main() -> None:
             reft.ppo_update(policy, optimizer, exp, config, accelerator)
             times[path].append((scored - start, time.perf_counter() - scored))
             print(f"round {round_} {path}: score {times[path][-1][0]:.2f} s, update {times[path][-1][1]:.2f} s")
+            del policy, optimizer, exp
+            gc.collect()
     pairs = list(zip(times["old"], times["new"], strict=True))
     for i, phase in enumerate(("score", "update")):
         ratio = statistics.median(old[i] / new[i] for old, new in pairs)
