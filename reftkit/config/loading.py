@@ -239,8 +239,6 @@ def validate(config: RunConfig) -> None:
             f"reft.samples_per_question >= 2 (got {reft.samples_per_question}); e.g. reft.samples_per_question=4 "
             "reft.questions_per_step=8"
         )
-    if reft.positive_only and ESTIMATORS[reft.advantage].needs_critic:
-        raise ConfigError("reft.positive_only: gae's token advantages have no per-sample sign; use a critic-free one")
     if reft.value_warmup_steps and not ESTIMATORS[reft.advantage].needs_critic:
         raise ConfigError(f"reft.value_warmup_steps: {reft.advantage} has no value head to warm up; set it to 0")
     if config.rm.enabled and not config.sample.n:
