@@ -13,7 +13,6 @@ printed here are above those of the unprofiled bench; read the shares, and time 
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,22 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from rollout_vs_trl import COT, bench_config, parse_args, prepare_model, quiet
+from rollout_vs_trl import parse_args, quiet, set_up
 from torch.profiler import ProfilerActivity, profile
 
-from reftkit.data.base import prompt_text
-from reftkit.data.registry import load_task
-from reftkit.models.loading import load_causal_lm, load_tokenizer
-from reftkit.models.policy import PolicyWithValue
-from reftkit.reward.answers import RewardTable, grade_batch
 from reftkit.reward.sandbox import shutdown
-from reftkit.rl.ppo import ESTIMATORS
-from reftkit.rollout.base import generation_config
-from reftkit.rollout.engines import make_engine
-from reftkit.rollout.generate import decode_responses, encode_prompts
-from reftkit.trainers.common import make_accelerator, param_count, sample_policy
+from reftkit.trainers.common import param_count, sample_policy
 from reftkit.trainers.reft import make_experience, ppo_update
-from reftkit.trainers.stepwise import Rollout
 
 TOP = 12  # ops listed per phase
 
@@ -52,25 +41,10 @@ def main() -> None:
     args = parse_args(__doc__.split("\n")[0], repeats=1)
     torch.set_num_threads(args.threads)
     quiet()
-    config = bench_config(args)
-    data = load_task(config.task)
-    problems = data.train[: args.questions]
-    accelerator = make_accelerator(config.mixed_precision)
-    tmp = tempfile.TemporaryDirectory(prefix="reftkit-profile-")
-    model_dir = prepare_model(args, config, data, Path(tmp.name))
-    tokenizer = load_tokenizer(model_dir)
-    prompts = encode_prompts(tokenizer, [prompt_text(p, COT) for p in problems])
-    question_ids = list(range(args.questions))
-    cfg = config.reft
-    engine, gen = make_engine(cfg.rollout_backend), generation_config(cfg, tokenizer)
-    policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer), critic=ESTIMATORS[cfg.advantage].needs_critic)
-    ref = load_causal_lm(model_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, cfg.lr), eps=1e-8, weight_decay=0.0)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    policy.eval()
+    bench = set_up(args, prefix="reftkit-profile-")
+    accelerator = bench.accelerator
+    policy, optimizer = bench.policy()
     lm = accelerator.unwrap_model(policy).lm
-    table = RewardTable(partial_reward=cfg.partial_reward)
-    rows = [i for i in question_ids for _ in range(args.k)]
     print(f"model: {args.model or 'build_tiny'}, {param_count(lm) / 1e6:.1f}M params, vocab {lm.config.vocab_size}; "
           f"{args.questions} questions x k={args.k}, max_new_tokens {args.max_new_tokens}; "
           f"{args.threads} thread(s); mixed precision {accelerator.mixed_precision}")  # fmt: skip
@@ -80,22 +54,18 @@ def main() -> None:
 
         def generate() -> None:
             rng = torch.Generator(device=accelerator.device).manual_seed(seed)
-            state["batch"], state["responses"] = sample_policy(engine, lm, prompts, question_ids, gen, args.k, rng,
-                                                               accelerator)  # fmt: skip
+            state["batch"], state["responses"] = sample_policy(
+                bench.engine, lm, bench.prompts, bench.question_ids, bench.gen, args.k, rng, accelerator
+            )
 
         def reward() -> None:
-            texts = decode_responses(tokenizer, state["responses"])
-            graded = grade_batch([problems[i] for i in rows], texts, COT, data.answer_type, table,
-                                 config.eval.program_timeout)  # fmt: skip
-            scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
-            state["rollout"] = Rollout(torch.tensor(rows), state["batch"], state["responses"],
-                                       [problems[i] for i in rows], texts, graded, scores)  # fmt: skip
+            state["rollout"] = bench.graded(state["batch"], state["responses"])
 
         def score() -> None:
-            state["exp"] = make_experience(policy, ref, state["rollout"], config, accelerator)
+            state["exp"] = make_experience(policy, bench.ref, state["rollout"], bench.config, accelerator)
 
         def update() -> None:
-            ppo_update(policy, optimizer, state["exp"], config, accelerator)
+            ppo_update(policy, optimizer, state["exp"], bench.config, accelerator)
 
         total = 0.0
         for name, phase in (("generate", generate), ("reward", reward), ("score", score), ("update", update)):
@@ -120,7 +90,7 @@ def main() -> None:
     step(1000, profiled=False)
     step(1001, profiled=True)
     shutdown()
-    tmp.cleanup()
+    bench.tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -97,22 +97,25 @@ import tempfile
 import time
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
 
 from reftkit.config.loading import load_config
-from reftkit.config.schema import ConfigError
-from reftkit.data.base import prompt_text, target_text
+from reftkit.config.schema import ConfigError, RunConfig
+from reftkit.data.base import Problem, TaskData, prompt_text, target_text
 from reftkit.data.registry import load_task
 from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
 from reftkit.models.policy import PolicyWithValue
 from reftkit.reward.answers import RewardTable, grade_batch, trl_reward_function
 from reftkit.reward.sandbox import shutdown
 from reftkit.rl.ppo import ESTIMATORS
-from reftkit.rollout.base import generation_config
+from reftkit.rollout.base import Batch, GenerationConfig, Responses, RolloutEngine, generation_config
 from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import decode_responses, encode_prompts
 from reftkit.rollout.lean import HFDecoder, make_decoder
@@ -176,6 +179,72 @@ def prepare_model(args: argparse.Namespace, config, data, folder: Path) -> Path:
     return target
 
 
+@dataclass
+class Bench:
+    """The reftkit side as ``train_reft`` sets it up, shared by the benches: the preset with the bench's batch, the
+    first ``--questions`` training problems and their prompts, one model folder every side loads, the rollout engine
+    and the frozen reference."""
+
+    args: argparse.Namespace
+    config: RunConfig
+    data: TaskData
+    accelerator: Accelerator
+    tmp: tempfile.TemporaryDirectory
+    model_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    prompts: list[list[int]]
+    engine: RolloutEngine
+    gen: GenerationConfig
+    ref: torch.nn.Module
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.data.train[: self.args.questions]
+
+    @property
+    def question_ids(self) -> list[int]:
+        return list(range(self.args.questions))
+
+    @property
+    def rows(self) -> list[int]:
+        """Each row's question: question 0's k samples, then question 1's, ... (TRL's RepeatSampler order)."""
+        return [i for i in self.question_ids for _ in range(self.args.k)]
+
+    def policy(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """A fresh policy (a value head only where the estimator needs one) and its AdamW, prepared."""
+        cfg = self.config.reft
+        lm = load_causal_lm(self.model_dir, self.tokenizer)
+        policy = PolicyWithValue(lm, critic=ESTIMATORS[cfg.advantage].needs_critic)
+        optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, cfg.lr), eps=1e-8, weight_decay=0.0)
+        policy, optimizer = self.accelerator.prepare(policy, optimizer)
+        policy.eval()
+        return policy, optimizer
+
+    def graded(self, batch: Batch, responses: Responses) -> Rollout:
+        """The step's rollout record: completions decoded and graded by reftkit's code (P-CoT in the sandbox)."""
+        texts = decode_responses(self.tokenizer, responses)
+        problems = [self.problems[i] for i in self.rows]
+        table = RewardTable(partial_reward=self.config.reft.partial_reward)
+        graded = grade_batch(problems, texts, COT, self.data.answer_type, table, self.config.eval.program_timeout)
+        scores = torch.tensor([g.reward for g in graded], device=self.accelerator.device)
+        return Rollout(torch.tensor(self.rows), batch, responses, problems, texts, graded, scores)
+
+
+def set_up(args: argparse.Namespace, prefix: str = "reftkit-bench-") -> Bench:
+    config = bench_config(args)
+    data = load_task(config.task)
+    if args.questions > len(data.train):
+        raise ConfigError(f"--questions: the synthetic task has {len(data.train)} training questions")
+    accelerator = make_accelerator(config.mixed_precision)
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    model_dir = prepare_model(args, config, data, Path(tmp.name))
+    tokenizer = load_tokenizer(model_dir)
+    prompts = encode_prompts(tokenizer, [prompt_text(p, COT) for p in data.train[: args.questions]])
+    ref = load_causal_lm(model_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
+    engine, gen = make_engine(config.reft.rollout_backend), generation_config(config.reft, tokenizer)
+    return Bench(args, config, data, accelerator, tmp, model_dir, tokenizer, prompts, engine, gen, ref)
+
+
 class DtypeProbe:
     """The dtype of the first attention projection's output in the first forward: what a rollout computed in."""
 
@@ -217,34 +286,20 @@ def main() -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    bench = set_up(args)
+    config, accelerator, tokenizer = bench.config, bench.accelerator, bench.tokenizer
+    problems, prompts, question_ids = bench.problems, bench.prompts, bench.question_ids
+    engine, gen, ref, model_dir, folder = bench.engine, bench.gen, bench.ref, bench.model_dir, Path(bench.tmp.name)
     rows = args.questions * args.k
-    config = bench_config(args)
     minibatch = config.reft.minibatch_size
     if rows % minibatch:
         raise ConfigError(f"questions x k = {rows} must be a multiple of the PPO minibatch ({minibatch})")
-    data = load_task(config.task)
-    if args.questions > len(data.train):
-        raise ConfigError(f"--questions: the synthetic task has {len(data.train)} training questions")
-    problems = data.train[: args.questions]
-    accelerator = make_accelerator(config.mixed_precision)
     bf16 = accelerator.mixed_precision == "bf16"
-
-    tmp = tempfile.TemporaryDirectory(prefix="reftkit-bench-")
-    folder = Path(tmp.name)
-    model_dir = prepare_model(args, config, data, folder)
-    tokenizer = load_tokenizer(model_dir)
-    prompts = encode_prompts(tokenizer, [prompt_text(p, COT) for p in problems])
-    question_ids = list(range(args.questions))
     repeated = [prompts[i] for i in question_ids for _ in range(args.k)]  # TRL's RepeatSampler order
 
     # reftkit: as train_reft sets it up
     cfg = config.reft
-    engine, gen = make_engine(cfg.rollout_backend), generation_config(cfg, tokenizer)
-    policy = PolicyWithValue(load_causal_lm(model_dir, tokenizer), critic=ESTIMATORS[cfg.advantage].needs_critic)
-    ref = load_causal_lm(model_dir, tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, cfg.lr), eps=1e-8, weight_decay=0.0)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    policy.eval()
+    policy, optimizer = bench.policy()
     lm = accelerator.unwrap_model(policy).lm
     table = RewardTable(partial_reward=cfg.partial_reward)
 
@@ -353,12 +408,7 @@ def main() -> None:
         times["computed"] = float(responses.ids.numel())
         step_samples["reftkit"].append(kept_tokens(responses))
         t = time.perf_counter()
-        texts = decode_responses(tokenizer, responses)
-        rows = [i for i in question_ids for _ in range(args.k)]
-        graded = grade_batch([problems[i] for i in rows], texts, COT, data.answer_type, table,
-                             config.eval.program_timeout)  # fmt: skip
-        scores = torch.tensor([g.reward for g in graded], device=accelerator.device)
-        rollout = Rollout(torch.tensor(rows), batch, responses, [problems[i] for i in rows], texts, graded, scores)
+        rollout = bench.graded(batch, responses)
         times["reward"] = time.perf_counter() - t
         t = time.perf_counter()
         exp = make_experience(policy, ref, rollout, config, accelerator)
@@ -454,7 +504,7 @@ def main() -> None:
     print(f"in-step rollout tokens/s ratio reftkit/TRL: {in_step['reftkit'] / in_step['TRL']:.2f}")
     print(f"rollout tokens per CPU-second ratio reftkit/TRL: {cpu_rates['reftkit'] / cpu_rates['TRL']:.2f}")
     print(f"rollout tokens/s, ratio of the medians reftkit/TRL: {rates['reftkit'] / rates['TRL']:.2f}")
-    tmp.cleanup()
+    bench.tmp.cleanup()
     paired = median([(a[1] / a[0]) / (b[1] / b[0]) for a, b in zip(rollouts["reftkit"], rollouts["TRL"], strict=True)])
     print(f"rollout tokens/s ratio reftkit/TRL: {paired:.2f}")
 
