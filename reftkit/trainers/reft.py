@@ -32,6 +32,7 @@ from reftkit.rollout.generate import warp_logits
 from reftkit.runtime.distributed import local_rows, owned, world
 from reftkit.trainers.common import (
     NonFiniteGuard,
+    adamw,
     apply_gradients,
     backward_parts,
     split_rows,
@@ -150,7 +151,7 @@ def _reft_trainer(ctx: StageContext) -> StepwiseTrainer:
     if cfg.sft_coef > 0:
         gold = GoldChains(tokenize_examples(tokenizer, ctx.data.train, config.task.cot), tokenizer.pad_token_id)
     groups = policy.param_groups(cfg.lr, cfg.value_lr or cfg.lr)
-    optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
+    optimizer = adamw(groups)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     policy.eval()  # no dropout in rollouts or updates, so the first PPO ratio is exactly 1 (as the reference)
 

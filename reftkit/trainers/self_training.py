@@ -16,13 +16,11 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-import torch
-
 from reftkit.data.base import ANSWER_TRIGGER, CoT, Problem, full_program, target_text
 from reftkit.evaluation.sampling import Sample, by_question
 from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import Outcome
-from reftkit.trainers.common import NonFiniteGuard, apply_gradients, backward_parts
+from reftkit.trainers.common import NonFiniteGuard, adamw, apply_gradients, backward_parts
 from reftkit.trainers.sft import save_model, sft_loss_parts, tokenize_examples
 from reftkit.trainers.stepwise import Rollout, StageContext, StepResult, StepwiseTrainer, train_stepwise
 
@@ -69,7 +67,7 @@ def _online_st_trainer(ctx: StageContext) -> StepwiseTrainer:
     config, tokenizer, accelerator = ctx.config, ctx.tokenizer, ctx.accelerator
     cfg = config.reft
     model = load_trainable_lm(ctx.warmup_dir, tokenizer, config.model, config.seed)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+    optimizer = adamw(trainable_parameters(model), lr=cfg.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.eval()  # no dropout, as in ReFT
     gold = tokenize_examples(tokenizer, ctx.data.train, config.task.cot)

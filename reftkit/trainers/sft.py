@@ -29,6 +29,7 @@ from reftkit.trainers.checkpoints import StageCheckpoints, result_from_json, res
 from reftkit.trainers.common import (
     MetricsLog,
     NonFiniteGuard,
+    adamw,
     apply_gradients,
     backward_parts,
     greedy_accuracy,
@@ -267,7 +268,7 @@ def adamw_with_schedule(
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and its linear schedule (warm-up over ``lr_warmup_ratio`` of ``total_steps``, then down to zero), as
     SFT and the reward model train."""
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-8, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.lr_warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
 
