@@ -76,10 +76,11 @@ core, a cross-check when other jobs share the machine.
 
 Where the two steps inherently differ: GRPO normalises each group's rewards by their std where RLOO subtracts
 the mean of the other samples, puts the KL in the loss rather than in the reward, and computes log-probs with a
-fused, chunked LM head (no full [rows, length, vocab] logits) where reftkit materialises the logits. TRL's
-optimizer is ``adamw_torch_fused``, reftkit's ``torch.optim.AdamW``; TRL shuffles the rows once per rollout,
-reftkit per PPO epoch; reftkit's step also repeats each prompt's KV cache for its k samples where TRL encodes the
-prompt k times. The number of forward and backward passes over the same rows is the same on both sides.
+fused, chunked LM head (no full [rows, length, vocab] logits) where reftkit materialises the logits (bf16, then
+chunked float32 log-probs). Both optimizers are fused AdamW (TRL's ``adamw_torch_fused``; reftkit's since
+``62d7531``); TRL shuffles the rows once per rollout, reftkit per PPO epoch; reftkit's step also repeats each
+prompt's KV cache for its k samples where TRL encodes the prompt k times. The number of forward and backward
+passes over the same rows is the same on both sides.
 
 Figures depend heavily on machine load: take them on an idle machine (nothing else running), and read
 figures taken under load only as ratios, and those only roughly. The last line printed is
