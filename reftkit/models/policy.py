@@ -7,6 +7,7 @@ in a folder of its own (``VALUE_MODEL_DIR``), so the policy folder stays a stand
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,13 @@ def logits_kept(model: nn.Module, n: int) -> dict[str, int]:
         inner = inner._lm[0]
     if hasattr(inner, "get_base_model"):  # a PEFT model passes the argument on to the model it wraps
         inner = inner.get_base_model()
-    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+    return {"logits_to_keep": n} if _takes_logits_to_keep(type(inner).forward) else {}
+
+
+@functools.cache
+def _takes_logits_to_keep(forward: Any) -> bool:
+    """Read once per model class: this runs before every scoring and loss forward."""
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 def reference_model(
