@@ -120,7 +120,7 @@ from reftkit.rollout.base import Batch, GenerationConfig, Responses, RolloutEngi
 from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import decode_responses, encode_prompts
 from reftkit.rollout.lean import HFDecoder, make_decoder
-from reftkit.trainers.common import make_accelerator, param_count, sample_policy
+from reftkit.trainers.common import adamw, make_accelerator, param_count, sample_policy
 from reftkit.trainers.reft import make_experience, ppo_update
 from reftkit.trainers.stepwise import Rollout
 
@@ -216,17 +216,22 @@ class Bench:
         cfg = self.config.reft
         lm = load_causal_lm(self.model_dir, self.tokenizer)
         policy = PolicyWithValue(lm, critic=ESTIMATORS[cfg.advantage].needs_critic)
-        optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, cfg.lr), eps=1e-8, weight_decay=0.0)
+        optimizer = adamw(policy.param_groups(cfg.lr, cfg.lr))  # as train_reft: fused where torch has the kernel
         policy, optimizer = self.accelerator.prepare(policy, optimizer)
         policy.eval()
         return policy, optimizer
+
+    @property
+    def reward_table(self) -> RewardTable:
+        """The preset's rewards, as reftkit grades and as TRL's reward function is given."""
+        return RewardTable(partial_reward=self.config.reft.partial_reward)
 
     def graded(self, batch: Batch, responses: Responses) -> Rollout:
         """The step's rollout record: completions decoded and graded by reftkit's code (P-CoT in the sandbox)."""
         texts = decode_responses(self.tokenizer, responses)
         problems = [self.problems[i] for i in self.rows]
-        table = RewardTable(partial_reward=self.config.reft.partial_reward)
-        graded = grade_batch(problems, texts, COT, self.data.answer_type, table, self.config.eval.program_timeout)
+        timeout = self.config.eval.program_timeout
+        graded = grade_batch(problems, texts, COT, self.data.answer_type, self.reward_table, timeout)
         scores = torch.tensor([g.reward for g in graded], device=self.accelerator.device)
         return Rollout(torch.tensor(self.rows), batch, responses, problems, texts, graded, scores)
 
@@ -296,13 +301,12 @@ def main() -> None:
     if rows % minibatch:
         raise ConfigError(f"questions x k = {rows} must be a multiple of the PPO minibatch ({minibatch})")
     bf16 = accelerator.mixed_precision == "bf16"
-    repeated = [prompts[i] for i in question_ids for _ in range(args.k)]  # TRL's RepeatSampler order
+    repeated = [prompts[i] for i in bench.rows]  # TRL's RepeatSampler order
 
     # reftkit: as train_reft sets it up
     cfg = config.reft
     policy, optimizer = bench.policy()
     lm = accelerator.unwrap_model(policy).lm
-    table = RewardTable(partial_reward=cfg.partial_reward)
 
     # TRL: GRPOTrainer on the same model, questions and reward
     updates_per_round = cfg.ppo_epochs * (rows // minibatch)
@@ -340,7 +344,7 @@ def main() -> None:
     )
     dataset = Dataset.from_list([{"prompt": prompt_text(p, COT), "answer": p.answer, "question": p.question}
                                  for p in problems])  # fmt: skip
-    reward = trl_reward_function("numeric", COT, rewards=table, timeout=config.eval.program_timeout)
+    reward = trl_reward_function("numeric", COT, rewards=bench.reward_table, timeout=config.eval.program_timeout)
     trainer = GRPOTrainer(
         model=load_causal_lm(model_dir, tokenizer),
         reward_funcs=[reward],
