@@ -15,6 +15,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from reftkit.rollout import lean as lean_module
 from reftkit.rollout.base import GenerationConfig
 from reftkit.rollout.engines import make_engine
 from reftkit.rollout.generate import generate, left_pad
@@ -78,6 +79,23 @@ def test_lean_decoder_follows_bf16_autocast_to_rounding(kind):
     for lean, hf in run_both(model(kind), autocast=True):
         assert lean.dtype == hf.dtype == torch.bfloat16
         assert (lean.float() - hf.float()).abs().max() < 0.05  # a few bf16 ulps of logits of size ~1
+
+
+@pytest.mark.skipif(
+    lean_module._onednn_packed(torch.zeros(4, 4, dtype=torch.bfloat16)) is None, reason="no oneDNN bf16 matmul here"
+)
+@pytest.mark.parametrize("kind", ["llama", "llama_biases", "qwen2"])
+def test_prepacked_bf16_weights_change_no_logit(monkeypatch, kind):
+    """The oneDNN-prepacked matmuls give exactly the logits of plain ``F.linear`` (same kernel, no reorder)."""
+    m = model(kind)
+    packed = run_both(m, autocast=True)
+    monkeypatch.setattr(lean_module, "_onednn_packed", lambda weight: None)
+    plain = run_both(m, autocast=True)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(packed, plain, strict=True))
+
+
+def test_float32_weights_are_not_prepacked():
+    assert lean_module._onednn_packed(torch.zeros(4, 4)) is None
 
 
 def frequent_token(m: torch.nn.Module) -> int:
