@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from reftkit.config.schema import ConfigError, TinyModelConfig
+from reftkit.models.attention import CPU_AWARE
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_causal_lm(path: str | Path, tokenizer: PreTrainedTokenizerFast, dtype: str = "float32") -> PreTrainedModel:
     """Load any HF causal LM with its weights in ``dtype`` (``model.dtype``; float32 by default, where autocast
-    still gives bf16 matmul speed) and fit its embeddings to the tokenizer."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    still gives bf16 matmul speed) and fit its embeddings to the tokenizer. Its attention is
+    ``reftkit.models.attention``'s: ``sdpa``, but the explicit one where a CPU takes gradients (faster there)."""
+    attention = {"attn_implementation": CPU_AWARE} if CPU_AWARE else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **attention)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
