@@ -1,10 +1,12 @@
-"""The attention every model reftkit loads runs: torch's fused ``sdpa`` kernel, except where a CPU computes gradients.
+"""The attention of every model reftkit loads: torch's fused ``sdpa``, except where a CPU takes gradients in bf16.
 
-Why: on a CPU, the backward of ``scaled_dot_product_attention`` (its flash kernel, with the padding mask a batch of
-prompts needs) is slower than the plain matmul-softmax-matmul and its autograd backward: 1.5x at the default preset's
-shapes (32 rows of 191 tokens, 4 heads of 48) and 2.5x at SmolLM2's (16 x 164, 9 heads of 64), forward and backward
-together, bf16 autocast, one thread. Without gradients (decoding, scoring, evaluation) ``sdpa`` is the faster one,
-and on a GPU it is always used. The two compute the same attention to rounding (``tests/unit/test_attention.py``).
+Why: on a CPU in bf16, the backward of ``scaled_dot_product_attention`` (its flash kernel, with the padding mask a
+batch of prompts needs) is slower than the plain matmul-softmax-matmul and its autograd backward: ~1.9-2.0x at the
+default preset's shapes (32 rows of 191 tokens, 4 heads of 48), 2.3-2.8x at SmolLM2's (16 x 164, 9 heads of 64),
+forward and backward together, one thread (``bench/attention.py``). In float32 it is the other way round (0.6-0.7x),
+and
+without gradients (decoding, scoring, evaluation) ``sdpa`` is the faster one too, so those, and every GPU, keep
+``sdpa``. The two compute the same attention to rounding (``tests/unit/test_attention.py``).
 
 Registered with transformers' attention and mask interfaces under ``CPU_AWARE``; where this transformers is too
 old to have them (< 4.53), ``CPU_AWARE`` is None and models keep their default.
@@ -23,6 +25,11 @@ except ImportError:  # transformers < 4.53: no attention registry
     AttentionInterface = None
 
 
+def takes_explicit_path(query: torch.Tensor) -> bool:
+    """Where the explicit attention is the faster one: a CPU, gradients, and bf16 or fp16."""
+    return query.device.type == "cpu" and query.dtype != torch.float32 and query.requires_grad
+
+
 def cpu_aware_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -33,13 +40,27 @@ def cpu_aware_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """``sdpa``, or, on a CPU with gradients, the explicit attention: q, k, v are [batch, heads, length, dim]; the
+    """``explicit_attention`` where ``takes_explicit_path``, else ``sdpa``; transformers' attention signature."""
+    if torch.is_grad_enabled() and takes_explicit_path(query):
+        return explicit_attention(module, query, key, value, attention_mask, dropout, scaling)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+
+
+def explicit_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+) -> tuple[torch.Tensor, None]:
+    """softmax(q k^T * scale + mask) v: q, k, v are [batch, heads, length, dim] (k, v may have fewer heads); the
     mask is ``sdpa_mask``'s (True where a query may attend; None for plain causal attention)."""
-    if query.device.type != "cpu" or not (torch.is_grad_enabled() and query.requires_grad):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query * scale, key.transpose(2, 3))
     if attention_mask is None:  # causal, queries at the end of the keys
         q, k = scores.shape[-2:]
         attention_mask = torch.ones(q, k, dtype=torch.bool, device=scores.device).tril(k - q)
@@ -47,7 +68,9 @@ def cpu_aware_attention(
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)  # attend nowhere is not NaN
     else:
         scores = scores + attention_mask
-    probs = F.dropout(F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), dropout, module.training)
+    # softmax in the scores' dtype: torch's CPU kernel accumulates bf16 in float32 either way, and skipping the
+    # two casts of a [batch, heads, length, length] tensor (and their backward) halves this function's time
+    probs = F.dropout(F.softmax(scores, dim=-1), dropout, module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 

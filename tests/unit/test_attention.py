@@ -1,4 +1,5 @@
-"""The CPU-aware attention computes what ``sdpa`` computes, forward and backward, and is ``sdpa`` without gradients."""
+"""The explicit attention computes what ``sdpa`` computes, forward and backward; the CPU-aware attention takes it
+only where a CPU takes gradients in bf16, and is ``sdpa`` elsewhere."""
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ def logits_and_grads(m: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama_gqa", "gpt2"])
-def test_the_explicit_path_matches_sdpa_forward_and_backward_in_float32(kind):
+def test_the_explicit_path_matches_sdpa_forward_and_backward_in_float32(monkeypatch, kind):
+    monkeypatch.setattr(attention, "takes_explicit_path", lambda query: True)  # in float32 too, to compare to 1e-5
     ids = torch.randint(2, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0  # left padding, as prompts are batched
@@ -55,16 +57,33 @@ def test_without_gradients_it_is_sdpa_exactly():
         )
 
 
-def test_the_explicit_path_runs_only_where_a_cpu_takes_gradients(monkeypatch):
+def test_the_explicit_path_runs_only_where_a_cpu_takes_gradients_in_bf16(monkeypatch):
     calls = []
-    monkeypatch.setattr(attention, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or (a[1], None))
-    q = torch.zeros(1, 2, 3, 4, requires_grad=True)
+    monkeypatch.setattr(attention, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].dtype) or (a[1], None))
     module = torch.nn.Module()
+    bf16 = torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16, requires_grad=True)
+    fp32 = torch.zeros(1, 2, 3, 4, requires_grad=True)
     with torch.no_grad():
-        attention.cpu_aware_attention(module, q, q, q, None)
-    assert calls == [1]
-    out, _ = attention.cpu_aware_attention(module, q, q, q, None)
-    assert calls == [1] and out.shape == (1, 3, 2, 4)
+        attention.cpu_aware_attention(module, bf16, bf16, bf16, None)
+    attention.cpu_aware_attention(module, fp32, fp32, fp32, None)
+    assert calls == [torch.bfloat16, torch.float32]
+    out, _ = attention.cpu_aware_attention(module, bf16, bf16, bf16, None)
+    assert calls == [torch.bfloat16, torch.float32] and out.shape == (1, 3, 2, 4)
+
+
+def test_under_bf16_autocast_training_matches_sdpa_to_bf16_rounding():
+    ids = torch.randint(2, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    results = []
+    for implementation in (attention.CPU_AWARE, "sdpa"):
+        m = model("llama_gqa", implementation)
+        with torch.autocast("cpu", torch.bfloat16):
+            results.append(logits_and_grads(m, ids, mask))
+    (a, grads_a), (b, grads_b) = results
+    assert (a.float() - b.float()).abs().max() < 0.05  # logits of size ~1, a few bf16 ulps
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=2e-2, rtol=5e-2, msg=name)
 
 
 def test_loaded_models_use_it(tmp_path):
