@@ -4,8 +4,7 @@ Why: on a CPU in bf16, the backward of ``scaled_dot_product_attention`` (its fla
 batch of prompts needs) is slower than the plain matmul-softmax-matmul and its autograd backward: ~1.9-2.0x at the
 default preset's shapes (32 rows of 191 tokens, 4 heads of 48), 2.3-2.8x at SmolLM2's (16 x 164, 9 heads of 64),
 forward and backward together, one thread (``bench/attention.py``). In float32 it is the other way round (0.6-0.7x),
-and
-without gradients (decoding, scoring, evaluation) ``sdpa`` is the faster one too, so those, and every GPU, keep
+and without gradients (decoding, scoring, evaluation) ``sdpa`` is the faster one too, so those, and every GPU, keep
 ``sdpa``. The two compute the same attention to rounding (``tests/unit/test_attention.py``).
 
 Registered with transformers' attention and mask interfaces under ``CPU_AWARE``; where this transformers is too
