@@ -108,8 +108,15 @@ def jobs_for(
     jobs = [sft]
     for name in ("warmup", "sft"):  # greedy test accuracy of the warm-up and of converged SFT (its best epoch)
         argv = ["eval", "--model", str(root / "sft" / "checkpoints" / name), "--split", "test", *common]
-        jobs.append(Job(f"seed{seed}/test_{name}", argv, root / "sft" / f"test_{name}",
-                        needs=root / "sft" / "resume" / "sft" / "done", output=root / "sft" / f"test_{name}.json"))
+        jobs.append(
+            Job(
+                f"seed{seed}/test_{name}",
+                argv,
+                root / "sft" / f"test_{name}",
+                needs=root / "sft" / "resume" / "sft" / "done",
+                output=root / "sft" / f"test_{name}.json",
+            )
+        )
     for arm in arms:
         command, overrides = ARMS[arm]
         overrides = [o.format(**fields) for o in overrides]
@@ -169,6 +176,15 @@ def _partial(job: Job) -> Path:
     return job.output.with_name(job.output.name + ".part")
 
 
+def to_start(pending: list[Job], running: int, jobs: int) -> list[Job]:
+    """The jobs to launch now: SFT first (every arm of its seed waits on it), and at most ``jobs`` running in all,
+    counting the jobs of ``pending`` that another runner on the same folder is running (they use cores too). When
+    those alone fill the cores, none (a negative count once sliced all but the last job of the queue: 12 at once)."""
+    elsewhere = sum(job.taken() for job in pending)
+    ready = sorted((job for job in pending if job.ready() and not job.taken()), key=lambda job: job.argv[0] != "sft")
+    return ready[: max(0, jobs - running - elsewhere)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
@@ -178,8 +194,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir")
     parser.add_argument("--preset", default="default", help="the reftkit preset under --config")
-    parser.add_argument("--group-steps", type=int, default=126,
-                        help="steps of the k=4 arms: the k=1 arms' steps (126 for the default task's 2 epochs)")
+    parser.add_argument(
+        "--group-steps",
+        type=int,
+        default=126,
+        help="steps of the k=4 arms: the k=1 arms' steps (126 for the default task's 2 epochs)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -209,9 +229,7 @@ def main() -> int:
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {job.log})"
                 print(f"{time.strftime('%H:%M:%S')} {name}: {status} after {time.time() - started:.0f} s", flush=True)
         pending = [job for job in pending if not job.done()]  # another runner may have finished some
-        elsewhere = sum(job.taken() for job in pending)  # running under another runner: they use cores too
-        ready = sorted((j for j in pending if j.ready() and not j.taken()), key=lambda j: j.argv[0] != "sft")
-        for job in ready[: args.jobs - len(running) - elsewhere]:  # SFT first: every arm of its seed waits on it
+        for job in to_start(pending, len(running), args.jobs):
             pending.remove(job)
             running[job.name] = (job, launch(job), time.time())
             print(f"{time.strftime('%H:%M:%S')} {job.name}: started", flush=True)

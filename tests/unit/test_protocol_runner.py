@@ -7,6 +7,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -62,3 +63,16 @@ def test_long_arms_train_four_times_the_budget(tmp_path):
         argv["online_st_nogold_4x"]
     )
     assert not any(a.startswith("reft.max_steps") for a in argv["online_st_nogold_4x"])
+
+
+def fake_job(name: str, command: str = "reft", ready: bool = True, taken: bool = False):
+    return SimpleNamespace(name=name, argv=[command], ready=lambda: ready, taken=lambda: taken)
+
+
+def test_jobs_another_runner_runs_count_against_the_cores():
+    queue = [fake_job("a"), fake_job("b"), fake_job("c"), fake_job("sft", "sft"), fake_job("d", taken=True)]
+    assert [job.name for job in runner.to_start(queue, running=0, jobs=2)] == ["sft"]  # d holds the other core
+    assert runner.to_start(queue, running=1, jobs=2) == []
+    assert runner.to_start(queue, running=2, jobs=1) == []  # more running than allowed: none, not "all but one"
+    assert [job.name for job in runner.to_start(queue[:4], running=0, jobs=3)] == ["sft", "a", "b"]
+    assert runner.to_start([fake_job("x", ready=False)], running=0, jobs=2) == []
