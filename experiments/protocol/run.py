@@ -46,6 +46,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_rloo_positive": ("reft", ["reft.advantage=rloo", *K4, POS]),
     "reft_rloo_nopartial": ("reft", ["reft.advantage=rloo", *K4, "reft.partial_reward=false"]),
     "reft_rloo_positive_k2": ("reft", ["reft.advantage=rloo", *K2, POS]),
+    "reft_rloo_positive_kl0": ("reft", ["reft.advantage=rloo", *K4, POS, "reft.kl_coef=0"]),
     "reft_rloo_positive_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}", POS]),
     "reft_rloo_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}"]),
     "online_st_nogold_4x": ("online-st", ["self_training.online_gold=false", *LONG]),

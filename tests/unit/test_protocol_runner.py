@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from reftkit.evaluation.report import PROTOCOL_ARM_NAMES
+
 RUNNER = Path(__file__).parents[2] / "experiments" / "protocol" / "run.py"
 _spec = importlib.util.spec_from_file_location("protocol_runner", RUNNER)
 runner = importlib.util.module_from_spec(_spec)
@@ -76,3 +78,7 @@ def test_jobs_another_runner_runs_count_against_the_cores():
     assert runner.to_start(queue, running=2, jobs=1) == []  # more running than allowed: none, not "all but one"
     assert [job.name for job in runner.to_start(queue[:4], running=0, jobs=3)] == ["sft", "a", "b"]
     assert runner.to_start([fake_job("x", ready=False)], running=0, jobs=2) == []
+
+
+def test_every_arm_has_a_name_in_the_results_tables():
+    assert set(runner.ARMS) <= set(PROTOCOL_ARM_NAMES)
