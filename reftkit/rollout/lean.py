@@ -128,9 +128,10 @@ class _Linear:
         def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
             return (tensors[0] if len(tensors) == 1 else torch.cat(tensors)).to(dtype)
 
-        self.weight = stacked([linear.weight for linear in linears])
+        weight = stacked([linear.weight for linear in linears])
         self.bias = None if linears[0].bias is None else stacked([linear.bias for linear in linears])
-        self.packed = _onednn_packed(self.weight)
+        self.packed = _onednn_packed(weight)
+        self.weight = weight if self.packed is None else None  # one copy per rollout, not both
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
@@ -145,7 +146,7 @@ def _onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
     reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
     if reorder is None or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return None
-    return reorder(weight, 16)
+    return reorder(weight, 16)  # the batch size oneDNN picks its blocking for: decode's 8-64 rows
 
 
 class _Layer:
