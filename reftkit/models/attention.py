@@ -26,7 +26,8 @@ except ImportError:  # transformers < 4.53: no attention registry
 
 def takes_explicit_path(query: torch.Tensor) -> bool:
     """Where the explicit attention is the faster one: a CPU, gradients, and bf16 or fp16."""
-    return query.device.type == "cpu" and query.dtype != torch.float32 and query.requires_grad
+    grad = torch.is_grad_enabled() and query.requires_grad
+    return grad and query.device.type == "cpu" and query.dtype != torch.float32
 
 
 def cpu_aware_attention(
@@ -40,7 +41,7 @@ def cpu_aware_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """``explicit_attention`` where ``takes_explicit_path``, else ``sdpa``; transformers' attention signature."""
-    if torch.is_grad_enabled() and takes_explicit_path(query):
+    if takes_explicit_path(query):
         return explicit_attention(module, query, key, value, attention_mask, dropout, scaling)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
