@@ -201,7 +201,8 @@ class ReFTConfig:
     KL-shaped per-token rewards); critic-free, no value head and no value loss, one advantage per sample from the
     rewards of its question's ``samples_per_question`` samples: ``grpo`` ((r - mean) / std of the group),
     ``rloo`` (r - mean of the other samples), ``reinforce_baseline`` (r - group mean, whitened over the batch),
-    ``dr_grpo`` (r - group mean, with the constant loss normaliser)."""
+    ``dr_grpo`` (r - group mean, with the constant loss normaliser); ``reinforce`` (REINFORCE++: r - the step's
+    mean reward, whitened over the batch) needs no groups and works with ``samples_per_question=1``."""
     loss_agg: LossAggregation = "auto"
     """Policy-loss aggregation (``reftkit.rl.ppo.Aggregation``): ``sequence_mean`` (each sample's token mean, then
     the mean over samples: the reference), ``token_mean`` (over all tokens), ``constant`` (token sum over samples x
@@ -216,6 +217,7 @@ class ReFTConfig:
     """Critic-free estimators: zero every negative sequence advantage, so only samples better than their group's
     baseline are reinforced and worse ones are not pushed down, as rejection-sampling fine-tuning (RAFT; online
     self-training without gold) learns from. No effect with ``gae`` (its token advantages have no per-sample sign).
+    With a whitening estimator (``reinforce``, ``reinforce_baseline``) the whitening then only rescales.
     The default preset sets it: it was above or level with plain RLOO on validation on all six seeds tried."""
     value_warmup_steps: int = 0
     """The first this many PPO steps train only the value head (and a separate value model); the policy stays

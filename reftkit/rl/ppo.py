@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-AdvantageEstimator = Literal["gae", "grpo", "rloo", "reinforce_baseline", "dr_grpo"]
+AdvantageEstimator = Literal["gae", "grpo", "rloo", "reinforce", "reinforce_baseline", "dr_grpo"]
 LossAggregation = Literal["auto", "sequence_mean", "token_mean", "constant"]
 
 
@@ -156,17 +156,18 @@ def masked_sums(x: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([m.double().sum(), xs.sum(), (xs * xs).sum()])
 
 
-def whiten(x: Tensor, mask: Tensor, sums: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, sums: Tensor | None = None, eps: float = 1e-8, centre: bool = True) -> Tensor:
     """(x - mean) / sqrt(var + eps) over counted positions, unbiased variance, 0 in the padding.
 
     The mean is not added back: whitened advantages are centred, so about half the actions are pushed
-    down. ``sums`` (from ``masked_sums``, possibly all-reduced) gives the statistics; by default they
-    come from ``x`` itself.
+    down. ``centre=False`` only divides by the std: positive-only advantages stay >= 0 (re-centring would push
+    down the samples the clamp left alone). ``sums`` (from ``masked_sums``, possibly all-reduced) gives the
+    statistics; by default they come from ``x`` itself.
     """
     count, total, total_sq = (masked_sums(x, mask) if sums is None else sums.double()).unbind()
     mean = total / count
     var = ((total_sq - count * mean * mean) / (count - 1).clamp(min=1.0)).clamp(min=0.0)
-    out = (x.double() - mean) * torch.rsqrt(var + eps)
+    out = (x.double() - mean if centre else x.double()) * torch.rsqrt(var + eps)
     return _zero_outside(out, mask)
 
 
@@ -311,6 +312,13 @@ def _rloo(scores: Tensor, groups: Tensor) -> Tensor:
     return (scores.double() - (sums - scores.double()) / (counts - 1)).float()
 
 
+def _batch_centred(scores: Tensor, groups: Tensor) -> Tensor:
+    """r minus the mean reward of the whole step, questions ignored (REINFORCE++, Hu 2025: one baseline for the
+    batch, so k = 1 works; the whitening that follows would centre the tokens anyway, but this sets the sign
+    ``reft.positive_only`` reads)."""
+    return (scores.double() - scores.double().mean()).float()
+
+
 def _centred(scores: Tensor, groups: Tensor) -> Tensor:
     """r minus the mean of its group (REINFORCE with a group baseline; Dr. GRPO without the std)."""
     sums, counts, _ = _group_stats(scores, groups)
@@ -334,6 +342,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
     "gae": EstimatorSpec(None, needs_critic=True, needs_groups=False),
     "grpo": EstimatorSpec(_grpo),
     "rloo": EstimatorSpec(_rloo),
+    "reinforce": EstimatorSpec(_batch_centred, needs_groups=False, whiten=True),
     "reinforce_baseline": EstimatorSpec(_centred, whiten=True),
     "dr_grpo": EstimatorSpec(_centred, loss_agg="constant"),
 }
@@ -344,7 +353,8 @@ def sequence_advantages(estimator: str, scores: Tensor, groups: Tensor) -> Tenso
     """One advantage per sample [N] from its score and the scores of the samples of the same question.
 
     ``groups[i]`` is the question of row ``i``; groups may sit anywhere in the batch and differ in size, but a
-    group of one has no baseline (rloo divides by k - 1 = 0), so the caller requires k >= 2.
+    group of one has no baseline (rloo divides by k - 1 = 0), so the caller requires k >= 2 where ``needs_groups``.
+    ``scores`` must hold every row of the step (``reinforce`` centres on their mean).
     """
     spec = ESTIMATORS[estimator]
     if spec.sequence is None:

@@ -235,7 +235,8 @@ def make_experience(
         advantages = ppo.critic_free_advantages(local_rows(per_sample, rows), mask, kl, cfg.kl_coef)
     if spec.whiten or (spec.needs_critic and cfg.whiten_advantages):
         sums = accelerator.reduce(ppo.masked_sums(advantages, mask), reduction="sum")
-        advantages = ppo.whiten(advantages, mask, sums)
+        clamped = cfg.positive_only and not spec.needs_critic  # re-centring would push the clamped samples down
+        advantages = ppo.whiten(advantages, mask, sums, centre=not clamped)
     return Experience(
         input_ids, attention_mask, width, responses, rows, n_rows, local_rows(questions, rows), rollout.lengths,
         old_logp, old_values, ref_logp, advantages, returns,

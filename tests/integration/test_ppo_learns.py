@@ -4,9 +4,9 @@ stop). Over 30 PPO steps at a high learning rate (3e-4, so that it takes seconds
 last 10 steps must clearly exceed that of the first 10, with the value head at the policy's learning rate (the
 paper) and at its own, higher one, whose explained variance must then rise above zero.
 
-The critic-free estimators (GRPO, RLOO, REINFORCE with a group baseline, Dr. GRPO) must raise it too, and with
-their advantage's sign flipped (the same run, the estimator's output negated) the reward must not rise: the test
-fails on the sign error it is there to catch.
+The critic-free estimators (GRPO, RLOO, REINFORCE++, REINFORCE with a group baseline, Dr. GRPO) must raise it
+too, and with their advantage's sign flipped (the same run, the estimator's output negated) the reward must not
+rise: the test fails on the sign error it is there to catch.
 
 A sign error, a mask or GAE misalignment, or advantages that do not reach the policy would leave the reward flat
 or lower it; the pure functions are checked by hand in tests/unit/test_ppo.py and test_advantages.py, this is the
@@ -70,7 +70,7 @@ def reward_gain(records: list[dict]) -> tuple[float, float]:
     return statistics.mean(r["reward"] for r in records[:10]), statistics.mean(r["reward"] for r in records[-10:])
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_baseline", "dr_grpo"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce", "reinforce_baseline", "dr_grpo"])
 def test_critic_free_estimators_raise_a_learnable_reward_and_not_with_the_sign_flipped(tmp_path, estimator):
     overrides = [f"reft.advantage={estimator}"]  # the micro preset samples 2 per question
     learned = reft_records(tmp_path / "run", overrides)

@@ -52,10 +52,18 @@ def test_reinforce_baseline_and_dr_grpo_centre_without_the_std():
     assert ESTIMATORS["dr_grpo"].loss_agg == "constant" and ESTIMATORS["grpo"].loss_agg == "sequence_mean"
 
 
+def test_reinforce_centres_on_the_whole_step_and_ignores_the_questions():
+    # mean of the six rewards 3.1 / 6 = 0.516667: 1 - 0.516667 = 0.483333, 0 - 0.516667, 0.1 - 0.516667 = -0.416667
+    expected = [0.483333, -0.516667, -0.416667, 0.483333, 0.483333, -0.516667]
+    close(sequence_advantages("reinforce", SCORES, GROUPS), expected)
+    close(sequence_advantages("reinforce", SCORES, torch.arange(6)), expected)  # one sample per question: the same
+    assert ESTIMATORS["reinforce"].whiten and not ESTIMATORS["reinforce"].needs_groups
+
+
 def test_groups_are_found_by_question_not_by_position():
     # the same samples interleaved (as rows split across processes would be gathered) give the same advantages
     order = torch.tensor([0, 3, 1, 4, 2, 5])
-    for name in ("grpo", "rloo", "reinforce_baseline", "dr_grpo"):
+    for name in ("grpo", "rloo", "reinforce", "reinforce_baseline", "dr_grpo"):
         close(sequence_advantages(name, SCORES[order], GROUPS[order]), sequence_advantages(name, SCORES, GROUPS)[order])
 
 
@@ -134,5 +142,7 @@ def test_group_estimators_need_several_samples_per_question():
         load_config("default", None, overrides)
     assert load_config("default").reft.positive_only  # the default preset's choice (docs/results-notes.md)
     assert not load_config(None).reft.positive_only  # the library's default: plain estimators
+    k1 = ["reft.advantage=reinforce", "reft.samples_per_question=1", "reft.questions_per_step=32"]
+    assert load_config("default", None, k1).reft.samples_per_question == 1  # REINFORCE++ has no groups to compare
     gae = ["reft.advantage=gae", "reft.samples_per_question=1", "reft.questions_per_step=32"]  # README: the paper back
     assert load_config("default", None, gae).reft.advantage == "gae"

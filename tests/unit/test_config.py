@@ -122,7 +122,7 @@ def test_config_show_is_commented_yaml_of_the_same_config(tmp_path, capsys):
         ("reft.ref_device", "same, cpu"),
         ("reft.rollout_backend", "auto, hf, lean, vllm"),
         ("reft.kl_mode", "reward, loss"),
-        ("reft.advantage", "gae, grpo, rloo, reinforce_baseline, dr_grpo"),
+        ("reft.advantage", "gae, grpo, rloo, reinforce, reinforce_baseline, dr_grpo"),
         ("reft.loss_agg", "auto, sequence_mean, token_mean, constant"),
     ],
 )

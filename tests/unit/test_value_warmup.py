@@ -2,6 +2,8 @@
 value model) and leaves the policy and its optimiser state exactly as they were; a normal update moves both.
 ``reft.value_model=detached``: the value loss alone moves the head but not the trunk it reads."""
 
+import math
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -82,26 +84,39 @@ def tuple_scaled(result, factor):
     return loss * factor, stats
 
 
-@pytest.mark.parametrize("positive_only", [False, True])
-def test_positive_only_zeroes_the_advantages_of_samples_below_their_baseline(tiny, positive_only):
-    """rloo over two questions of two samples, scores (1, 0) and (0.1, 0.1), no KL: sequence advantages 1, -1, 0, 0;
-    ``reft.positive_only`` keeps the 1 and zeroes the -1."""
+def experience_of_four_samples(tiny, overrides: list[str]):
+    """Two questions of two samples with scores (1, 0) and (0.1, 0.1), no KL: the experience and the response mask."""
     path, tokenizer = tiny
-    overrides = ["mixed_precision=no", "reft.advantage=rloo", "reft.samples_per_question=2", "reft.kl_coef=0",
-                 f"reft.positive_only={str(positive_only).lower()}"]  # fmt: skip
-    config = load_config("micro", None, overrides)
+    config = load_config("micro", None, ["mixed_precision=no", "reft.samples_per_question=2", "reft.kl_coef=0",
+                                         *overrides])  # fmt: skip
     policy = PolicyWithValue(load_causal_lm(path, tokenizer), None).eval()
     batch = left_pad(encode_prompts(tokenizer, ["Tom has 5 apples."] * 2 + ["He buys 3 more."] * 2),
                      tokenizer.pad_token_id)  # fmt: skip
-    torch.manual_seed(0)
     responses = generate(
         policy.lm, batch, GenerationConfig(6, tokenizer.eos_token_id, tokenizer.pad_token_id),
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     rollout = Rollout(torch.tensor([0, 0, 1, 1]), batch, responses, [], [], [], torch.tensor([1.0, 0.0, 0.1, 0.1]))
-    exp = make_experience(policy, None, rollout, config, Accelerator(cpu=True))
-    mask = responses.mask.bool()
+    return make_experience(policy, None, rollout, config, Accelerator(cpu=True)), responses.mask.bool()
+
+
+@pytest.mark.parametrize("positive_only", [False, True])
+def test_positive_only_zeroes_the_advantages_of_samples_below_their_baseline(tiny, positive_only):
+    """rloo: sequence advantages 1, -1, 0, 0; ``reft.positive_only`` keeps the 1 and zeroes the -1."""
+    exp, mask = experience_of_four_samples(tiny, ["reft.advantage=rloo", f"reft.positive_only={positive_only}".lower()])
     first = exp.advantages[mask.cumsum(1) == 1]  # each row's first counted token: its sequence advantage
     expected = [1.0, 0.0 if positive_only else -1.0, 0.0, 0.0]
     assert first.tolist() == pytest.approx(expected)
     assert torch.equal(exp.advantages[~mask], torch.zeros_like(exp.advantages[~mask]))
+
+
+def test_positive_only_survives_the_whitening(tiny):
+    """reinforce_baseline: centred advantages 0.5, -0.5, 0, 0; positive-only clamps the -0.5, and the whitening must
+    only rescale (divide by the std of the tokens' values), not re-centre, which would push the three samples it
+    left alone down by the mean."""
+    exp, mask = experience_of_four_samples(tiny, ["reft.advantage=reinforce_baseline", "reft.positive_only=true"])
+    n, n0 = int(mask.sum()), int(mask[0].sum())  # tokens counted in all, and in the one kept sample
+    mean = 0.5 * n0 / n
+    std = math.sqrt((0.25 * n0 - n * mean * mean) / (n - 1))
+    assert exp.advantages[0][mask[0]].tolist() == pytest.approx([0.5 / std] * n0, rel=1e-5)
+    assert torch.equal(exp.advantages[1:], torch.zeros_like(exp.advantages[1:]))
