@@ -143,6 +143,8 @@ PROTOCOL_ARM_NAMES = {
     "reft_rloo_nopartial": "ReFT, RLOO without the 0.1 partial reward",
     "reft_rloo_4x": "ReFT, RLOO, 4x the budget",
     "reft_rloo_positive_k2": "ReFT, RLOO positive-only, k=2",
+    "reft_reinforce": "ReFT, REINFORCE++ (k=1)",
+    "reft_reinforce_positive": "ReFT, REINFORCE++ positive-only (k=1)",
     "reft_rloo_positive_kl0": "ReFT, RLOO positive-only, no KL penalty",
     "reft_rloo_positive_4x": "ReFT, RLOO positive-only, 4x the budget",
     "online_st_nogold_4x": "online self-training, no gold, 4x the budget",
