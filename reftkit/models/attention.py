@@ -25,9 +25,13 @@ except ImportError:  # transformers < 4.53: no attention registry
 
 
 def takes_explicit_path(query: torch.Tensor) -> bool:
-    """Where the explicit attention is the faster one: a CPU, gradients, and bf16 or fp16."""
-    grad = torch.is_grad_enabled() and query.requires_grad
-    return grad and query.device.type == "cpu" and query.dtype != torch.float32
+    """Where the explicit attention is the faster one: a CPU, gradients, and bf16 or fp16, whether the query is
+    in it or autocast will cast it there (under autocast a Llama's query arrives in float32: RoPE multiplies the
+    bf16 projection by float32 tables)."""
+    if not (torch.is_grad_enabled() and query.requires_grad and query.device.type == "cpu"):
+        return False
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    return dtype != torch.float32
 
 
 def cpu_aware_attention(

@@ -69,17 +69,24 @@ def test_the_explicit_path_runs_only_where_a_cpu_takes_gradients_in_bf16(monkeyp
     assert calls == [torch.bfloat16, torch.float32]
     out, _ = attention.cpu_aware_attention(module, bf16, bf16, bf16, None)
     assert calls == [torch.bfloat16, torch.float32] and out.shape == (1, 3, 2, 4)
+    with torch.autocast("cpu", torch.bfloat16):  # a float32 query that autocast computes in bf16 (a Llama's, RoPE'd)
+        out, _ = attention.cpu_aware_attention(module, fp32, fp32, fp32, None)
+    assert calls == [torch.bfloat16, torch.float32] and out.dtype == torch.bfloat16
 
 
-def test_under_bf16_autocast_training_matches_sdpa_to_bf16_rounding():
+def test_under_bf16_autocast_training_matches_sdpa_to_bf16_rounding(monkeypatch):
     ids = torch.randint(2, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
+    explicit = attention.explicit_attention
+    calls = []
+    monkeypatch.setattr(attention, "explicit_attention", lambda *a: calls.append(a[1].dtype) or explicit(*a))
     results = []
     for implementation in (attention.CPU_AWARE, "sdpa"):
         m = model("llama_gqa", implementation)
         with torch.autocast("cpu", torch.bfloat16):
             results.append(logits_and_grads(m, ids, mask))
+    assert calls == [torch.float32] * m.config.num_hidden_layers  # the explicit path ran, in every layer
     (a, grads_a), (b, grads_b) = results
     assert (a.float() - b.float()).abs().max() < 0.05  # logits of size ~1, a few bf16 ulps
     for name in grads_a:
