@@ -95,8 +95,8 @@ def main() -> None:
             ours_side = explicit_side if args.explicit else reftkit_side
             rounds = []
             for _ in range(args.repeats + 1):
-                theirs = seconds(sdpa_side, (q, k, v), mask, groups, autocast)
-                rounds.append((theirs, seconds(ours_side, (q, k, v), mask, groups, autocast)))
+                sdpa_seconds = seconds(sdpa_side, (q, k, v), mask, groups, autocast)
+                rounds.append((sdpa_seconds, seconds(ours_side, (q, k, v), mask, groups, autocast)))
             rounds = rounds[1:]
             theirs = statistics.median(r[0] for r in rounds) * 1e3
             ours = statistics.median(r[1] for r in rounds) * 1e3

@@ -50,7 +50,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "reft_rloo_positive_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}", POS]),
     "reft_rloo_4x": ("reft", ["reft.advantage=rloo", *K4[:2], *LONG, "reft.max_steps={long_steps}"]),
     "online_st_nogold_4x": ("online-st", ["self_training.online_gold=false", *LONG]),
-    "reft_reinforce": ("reft", ["reft.advantage=reinforce", "reft.positive_only=false"]),  # the old config: preset
+    "reft_reinforce": ("reft", ["reft.advantage=reinforce", "reft.positive_only=false"]),  # else the preset's true
     "reft_reinforce_positive": ("reft", ["reft.advantage=reinforce", POS]),
 }
 """Arm name -> (reftkit command, overrides over the protocol config). The group arms (k = 4 samples of 8 questions a
