@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from reftkit.config.schema import ConfigError, ReFTConfig
 from reftkit.models.loading import DTYPES, VALUE_HEAD_FILE, VALUE_MODEL_DIR, load_causal_lm
-from reftkit.models.trainable import is_lora, save_lm, trainable_parameters
+from reftkit.models.trainable import is_checkpointed, is_lora, save_lm, trainable_parameters
 
 
 class _OnDevice(nn.Module):
@@ -51,9 +51,8 @@ class _AdaptersOff(nn.Module):
             return lm(**inputs)
 
 
-def logits_kept(model: nn.Module, n: int) -> dict[str, int]:
-    """``{"logits_to_keep": n}`` where the causal LM's forward takes it (transformers >= 4.50): the LM head then runs
-    on the last ``n`` positions only, not on the prompt; ``{}`` otherwise, and the caller slices the full logits."""
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The HF causal LM inside reftkit's and PEFT's wrappers, whose forward's signature says what it takes."""
     inner: Any = model
     if isinstance(inner, _OnDevice):
         inner = inner.lm
@@ -61,13 +60,31 @@ def logits_kept(model: nn.Module, n: int) -> dict[str, int]:
         inner = inner._lm[0]
     if hasattr(inner, "get_base_model"):  # a PEFT model passes the argument on to the model it wraps
         inner = inner.get_base_model()
-    return {"logits_to_keep": n} if _takes_logits_to_keep(type(inner).forward) else {}
+    return inner
+
+
+def logits_kept(model: nn.Module, n: int) -> dict[str, int]:
+    """``{"logits_to_keep": n}`` where the causal LM's forward takes it (transformers >= 4.50): the LM head then runs
+    on the last ``n`` positions only, not on the prompt; ``{}`` otherwise, and the caller slices the full logits."""
+    return {"logits_to_keep": n} if "logits_to_keep" in _forward_parameters(type(_unwrapped(model)).forward) else {}
+
+
+def with_cache(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword argument that hands ``model`` a KV cache: ``cache`` since transformers 5.2x, which deprecates
+    ``past_key_values`` (the name before)."""
+    takes_cache = "cache" in _forward_parameters(type(_unwrapped(model)).forward)
+    return {"cache" if takes_cache else "past_key_values": cache}
+
+
+def cache_of(output: Any) -> Any:
+    """The KV cache a forward returned, under either name (see ``with_cache``)."""
+    return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
 
 
 @functools.cache
-def _takes_logits_to_keep(forward: Any) -> bool:
+def _forward_parameters(forward: Any) -> frozenset[str]:
     """Read once per model class: this runs before every scoring and loss forward."""
-    return "logits_to_keep" in inspect.signature(forward).parameters
+    return frozenset(inspect.signature(forward).parameters)
 
 
 def reference_model(
@@ -96,6 +113,52 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def forward_from(
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_from: int,
+    hidden: bool = False,
+    share_prefix: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [B, T-logits_from, V] of positions from ``logits_from`` on, and with ``hidden`` the last hidden states
+    of the same positions.
+
+    Rows whose first ``logits_from + 1`` tokens are the same (the k samples of one question share its prompt) have
+    that prefix run once: a forward over the distinct prefixes, its KV cache gathered back to every row, then a
+    forward over the rest of each row on that cache. The same values as one forward over every row, gradients
+    included (they flow through the gathered cache), at U x P + B x R positions instead of B x (P + R): about half
+    the compute of scoring and of PPO's updates at k = 4 with prompts as long as responses. Where no prefix repeats,
+    or ``share_prefix`` is off (layers checkpointed under autograd drop the cache), one plain forward."""
+    split = logits_from + 1
+    prefix = torch.cat([input_ids[:, :split], attention_mask[:, :split].to(input_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(prefix, dim=0, return_inverse=True)
+    on_device = isinstance(lm, _OnDevice)  # its cache stays on its own device, where the rows cannot be gathered
+    if not share_prefix or on_device or len(distinct) == len(prefix) or split >= input_ids.size(1):
+        keep = input_ids.size(1) - logits_from
+        positions = position_ids_from_mask(attention_mask)
+        out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                 output_hidden_states=hidden, **logits_kept(lm, keep))  # fmt: skip
+        return out.logits[:, -keep:], out.hidden_states[-1][:, -keep:] if hidden else None
+    ids, mask = distinct[:, :split], distinct[:, split:].to(attention_mask.dtype)
+    head = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+              output_hidden_states=hidden, **logits_kept(lm, 1))  # fmt: skip
+    cache = cache_of(head)
+    cache.batch_select_indices(inverse)
+    tail = lm(
+        input_ids=input_ids[:, split:],
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask)[:, split:],
+        use_cache=True,
+        output_hidden_states=hidden,
+        **with_cache(lm, cache),
+    )
+    logits = torch.cat([head.logits[:, -1:][inverse], tail.logits], dim=1)
+    if not hidden:
+        return logits, None
+    return logits, torch.cat([head.hidden_states[-1][:, -1:][inverse], tail.hidden_states[-1]], dim=1)
+
+
 class PolicyWithValue(nn.Module):
     """A causal LM with a scalar value head on its last hidden state (REFERENCE.md A.3).
 
@@ -109,6 +172,7 @@ class PolicyWithValue(nn.Module):
         self.lm = lm
         self.value_lm = value_lm
         self.value_head: nn.Linear | None = None
+        self.checkpointed = any(is_checkpointed(m) for m in (lm, value_lm) if m is not None)
         if critic:  # critic-free estimators (GRPO, RLOO, ...) train the LM alone
             self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
             nn.init.zeros_(self.value_head.weight)
@@ -121,28 +185,17 @@ class PolicyWithValue(nn.Module):
         values are None without a critic.
 
         ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
-        position_ids = position_ids_from_mask(attention_mask)
-        keep = input_ids.size(1) - logits_from
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=self.value_head is not None and self.value_lm is None,
-            **logits_kept(self.lm, keep),
-        )
-        logits = out.logits[:, -keep:]
+        own_hidden = self.value_head is not None and self.value_lm is None
+        share = not (self.checkpointed and torch.is_grad_enabled())  # checkpointed layers drop the prefix's cache
+        logits, hidden = forward_from(self.lm, input_ids, attention_mask, logits_from, own_hidden, share)
         if self.value_head is None:
             return logits, None
-        if self.value_lm is None:
-            hidden = out.hidden_states[-1] if value_into_trunk else out.hidden_states[-1].detach()
-        else:
-            hidden = self.value_lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                output_hidden_states=True,
-            ).hidden_states[-1]
-        hidden = hidden[:, logits_from:].float()
+        if self.value_lm is not None:
+            _, hidden = forward_from(self.value_lm, input_ids, attention_mask, logits_from, True, share)
+        elif not value_into_trunk:
+            hidden = hidden.detach()
+        assert hidden is not None
+        hidden = hidden.float()
         values = nn.functional.linear(hidden, self.value_head.weight.float(), self.value_head.bias.float())
         return logits, values.squeeze(-1)
 

@@ -145,6 +145,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
             layer.forward = types.MethodType(_checkpointed_forward, layer)
 
 
+def is_checkpointed(model: nn.Module) -> bool:
+    """Whether ``enable_gradient_checkpointing`` wrapped this model's layers (they ignore a KV cache under autograd)."""
+    return any("forward" in vars(layer) for layer in decoder_layers(model))
+
+
 def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     forward = type(self).forward
     if not torch.is_grad_enabled():

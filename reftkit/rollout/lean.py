@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from reftkit.models.policy import position_ids_from_mask
+from reftkit.models.policy import cache_of, position_ids_from_mask, with_cache
 
 LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")
 DecoderChoice = Literal["auto", "hf", "lean"]
@@ -90,7 +90,7 @@ class HFDecoder:
     def start(self, ids: torch.Tensor, mask: torch.Tensor, repeat: int, max_new_tokens: int) -> torch.Tensor:
         positions = position_ids_from_mask(mask)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        self.cache, logits = out.past_key_values, out.logits[:, -1]
+        self.cache, logits = cache_of(out), out.logits[:, -1]
         self.can_drop = hasattr(self.cache, "batch_select_indices")
         if repeat > 1:
             self.cache.batch_repeat_interleave(repeat)
@@ -104,10 +104,10 @@ class HFDecoder:
             input_ids=tokens[:, None],
             attention_mask=self.mask,
             position_ids=self.next_pos,
-            past_key_values=self.cache,
             use_cache=True,
+            **with_cache(self.model, self.cache),
         )
-        self.cache = out.past_key_values
+        self.cache = cache_of(out)
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1]
 

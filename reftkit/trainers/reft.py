@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reftkit.config.schema import ReFTConfig, RunConfig
 from reftkit.data.base import TaskData
-from reftkit.models.policy import PolicyWithValue, logits_kept, position_ids_from_mask, reference_model
+from reftkit.models.policy import PolicyWithValue, forward_from, reference_model
 from reftkit.models.trainable import load_trainable_lm, trainable_parameters
 from reftkit.reward.answers import frac_correct_chain_disagrees
 from reftkit.rl import ppo
@@ -116,14 +116,8 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """The reference's log-probs of the response tokens at the sampling temperature (no top-k/top-p: a token
     outside the reference's own top set would have an infinite KL), as TRL does."""
-    keep = input_ids.size(1) - prompt_width + 1  # the last prompt position predicts the first response token
-    logits = ref(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        **logits_kept(ref, keep),
-    ).logits
-    return response_logprobs(logits[:, -keep:-1], response_ids, (temperature, 0, 1.0))
+    logits, _ = forward_from(ref, input_ids, attention_mask, prompt_width - 1)  # from the last prompt position
+    return response_logprobs(logits[:, :-1], response_ids, (temperature, 0, 1.0))
 
 
 def sampling_of(cfg: ReFTConfig) -> tuple[float, int, float]:

@@ -14,7 +14,8 @@ from transformers import (
 
 from reftkit.config.schema import TinyModelConfig
 from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer, train_tokenizer
-from reftkit.models.policy import PolicyWithValue
+from reftkit.models.policy import PolicyWithValue, forward_from
+from reftkit.models.trainable import enable_gradient_checkpointing
 from reftkit.rollout.base import GenerationConfig
 from reftkit.rollout.generate import encode_prompts, generate, left_pad
 
@@ -143,3 +144,75 @@ def test_policy_logits_from_a_position_equal_the_full_forwards_slice(tmp_path):
         kept, _ = policy(batch.ids, batch.mask, logits_from=3)
     assert kept.shape == (2, batch.ids.size(1) - 3, full.size(-1))
     torch.testing.assert_close(kept, full[:, 3:], atol=1e-5, rtol=1e-5)
+
+
+def _rows_sharing_prompts(tokenizer, vocab):
+    """Five rows on two left-padded prompts (rows 0, 2, 3 on the first, 1 and 4 on the second), each with a
+    right-padded response of its own length: the layout of k samples per question."""
+    prompts = left_pad(encode_prompts(tokenizer, ["Tom has 5 apples. He buys 3 more.", "Tom"]), tokenizer.pad_token_id)
+    rows = torch.tensor([0, 1, 0, 0, 1])
+    generator = torch.Generator().manual_seed(0)
+    responses = torch.randint(3, vocab, (5, 6), generator=generator)
+    response_mask = (torch.arange(6)[None] < torch.tensor([6, 3, 1, 6, 4])[:, None]).long()
+    ids = torch.cat([prompts.ids[rows], responses], dim=1)
+    mask = torch.cat([prompts.mask[rows], response_mask], dim=1)
+    return ids, mask, prompts.ids.size(1)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_rows_sharing_a_prompt_run_it_once_with_the_same_logits_hidden_states_and_gradients(tmp_path, arch):
+    """``forward_from`` runs a prompt its rows share once and the rest of each row on its gathered cache: logits,
+    hidden states and every parameter's gradient equal one forward over every row (float32; the gradients to
+    1e-5 of each one's largest entry)."""
+    config_cls, kwargs = ARCHS[arch]
+    path = save_arch(tmp_path, config_cls, **kwargs)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, tokenizer).eval()
+    ids, mask, width = _rows_sharing_prompts(tokenizer, model.config.vocab_size)
+    shapes = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    weights = torch.randn(ids.size(0), ids.size(1) - width + 1, generator=torch.Generator().manual_seed(1))
+
+    def run(share):
+        model.zero_grad()
+        shapes.clear()
+        logits, hidden = forward_from(model, ids, mask, width - 1, hidden=True, share_prefix=share)
+        loss = (logits.log_softmax(-1)[..., 5] * weights).sum() + (hidden.sum(-1) * weights).sum()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), hidden.detach(), grads, list(shapes)
+
+    logits, hidden, grads, shared_shapes = run(True)
+    plain_logits, plain_hidden, plain_grads, plain_shapes = run(False)
+    assert shared_shapes == [(2, width), (5, ids.size(1) - width)]  # two distinct prompts once, then 5 responses
+    assert plain_shapes == [tuple(ids.shape)]
+    assert logits.shape == plain_logits.shape == (5, ids.size(1) - width + 1, model.config.vocab_size)
+    torch.testing.assert_close(logits, plain_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden, plain_hidden, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name, grad in grads.items():
+        scale = float(plain_grads[name].abs().max())  # float32 rounding relative to the gradient's size; a key
+        tolerance = max(1e-5 * scale, 1e-6)  # bias's gradient is 0 in exact arithmetic, its rounding ~1e-9
+        torch.testing.assert_close(grad, plain_grads[name], atol=tolerance, rtol=0, msg=name)
+
+
+def test_a_checkpointed_policy_scores_shared_prompts_in_one_forward_under_autograd(tmp_path):
+    """Checkpointed layers drop the KV cache while autograd records, so the policy runs every row whole then;
+    without autograd (scoring rollouts) it shares the prompt; its values are the same either way."""
+    path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
+    tokenizer = load_tokenizer(path)
+    lm = load_causal_lm(path, tokenizer)
+    enable_gradient_checkpointing(lm)
+    policy = PolicyWithValue(lm).eval()
+    torch.nn.init.normal_(policy.value_head.weight)
+    ids, mask, width = _rows_sharing_prompts(tokenizer, lm.config.vocab_size)
+    calls = []
+    lm.get_input_embeddings().register_forward_hook(lambda module, args, out: calls.append(args[0].size(0)))
+    logits, values = policy(ids, mask, logits_from=width - 1)
+    assert calls == [5]
+    calls.clear()
+    with torch.no_grad():
+        shared_logits, shared_values = policy(ids, mask, logits_from=width - 1)
+    assert calls == [2, 5]
+    torch.testing.assert_close(shared_logits, logits.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_values, values.detach(), atol=1e-5, rtol=1e-5)
