@@ -1,14 +1,16 @@
-"""Scoring and update of one rollout with today's log-prob path against the full-vocabulary one, paired in one run.
+"""Scoring and update of one rollout with rows sharing a prompt run on its gathered KV cache, against one plain
+forward over every row, paired in one run.
 
     OMP_NUM_THREADS=1 python bench/score_paths.py --model models/smollm2-135m-instruct --questions 2 --k 4 \\
         --max-new-tokens 64 --repeats 3
 
-"new": ``logits_to_keep`` (the LM head only from the last prompt position on) and ``ppo.token_logprobs`` (chunked
-log-sum-exp, no float32 [rows, length, vocab] tensor). "old": full logits and ``log_softmax`` in float32 over the
-vocabulary, as before ``355498d``. One rollout is sampled once; each round builds a fresh policy per side, then
-times ``make_experience`` (policy and reference forwards, no grad) and ``ppo_update`` (2 PPO epochs); the sides
-alternate within a round, each going first in turn, and each ratio is the median of the per-round ratios.
-"""
+"shared": ``reftkit.models.policy.forward_from`` as reftkit runs it (the k samples of a question run its prompt
+once). "plain": the same function with ``share_prefix=False``, one forward over every row, prompt included, as
+before ``1a87323``. Both run the LM head only on the positions that predict a response token and take log-probs
+by ``ppo.token_logprobs``. One rollout is sampled once; each round builds a fresh policy per side, then times
+``make_experience`` (policy and reference forwards, no grad) and ``ppo_update`` (2 PPO epochs); the sides alternate
+within a round, each going first in turn, and each ratio is the median of the per-round ratios. (Until ``1a87323``
+this bench compared the ``logits_to_keep`` and chunked log-prob path against the full-vocabulary one.)"""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,22 +30,20 @@ from rollout_vs_trl import parse_args, quiet, set_up
 import reftkit.models.policy as policy_module
 import reftkit.trainers.reft as reft
 from reftkit.reward.sandbox import shutdown
-from reftkit.rl import ppo
-from reftkit.rollout.generate import warp_logits
 from reftkit.trainers.common import sample_policy
 
-NEW = (policy_module.logits_kept, reft.response_logprobs)
+SHARED = policy_module.forward_from
 
 
-def _full_logprobs(logits: torch.Tensor, ids: torch.Tensor, sampling: tuple[float, int, float]) -> torch.Tensor:
-    return ppo.logprobs_from_logits(warp_logits(logits, *sampling, keep=ids), ids)
+def _plain(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``forward_from`` with ``share_prefix=False`` however the caller passed its arguments."""
+    names = ("lm", "input_ids", "attention_mask", "logits_from", "hidden", "share_prefix", "last")
+    return SHARED(**(dict(zip(names, args, strict=False)) | kwargs | {"share_prefix": False}))
 
 
 def use(path: str) -> None:
-    """Switch the scorer's two functions to the ``new`` or the ``old`` path."""
-    kept, logprobs = NEW if path == "new" else ((lambda model, n: {}), _full_logprobs)
-    policy_module.logits_kept = reft.logits_kept = kept
-    reft.response_logprobs = logprobs
+    """Switch the policy's and the reference's forwards to the ``shared`` or the ``plain`` path."""
+    policy_module.forward_from = reft.forward_from = SHARED if path == "shared" else _plain
 
 
 def main() -> None:
@@ -60,9 +61,9 @@ def main() -> None:
     width = batch.ids.size(1) + responses.ids.size(1)
     tokens = int(responses.mask.sum())
     print(f"{len(bench.rows)} rows, {tokens} response tokens, width {width}; {args.threads} thread(s)")
-    times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], "shared": []}
     for round_ in range(args.repeats):
-        for path in ("old", "new") if round_ % 2 == 0 else ("new", "old"):  # each goes first in turn
+        for path in ("plain", "shared") if round_ % 2 == 0 else ("shared", "plain"):  # each goes first in turn
             use(path)
             policy, optimizer = bench.policy()
             start = time.perf_counter()
@@ -73,13 +74,13 @@ def main() -> None:
             print(f"round {round_} {path}: score {times[path][-1][0]:.2f} s, update {times[path][-1][1]:.2f} s")
             del policy, optimizer, exp
             gc.collect()
-    pairs = list(zip(times["old"], times["new"], strict=True))
+    pairs = list(zip(times["plain"], times["shared"], strict=True))
     for i, phase in enumerate(("score", "update")):
-        ratio = statistics.median(old[i] / new[i] for old, new in pairs)
-        old_s, new_s = (statistics.median(t[i] for t in times[p]) for p in ("old", "new"))
-        print(f"{phase}: old {old_s:.2f} s, new {new_s:.2f} s, paired ratio old/new {ratio:.2f}")
-    whole = statistics.median((old[0] + old[1]) / (new[0] + new[1]) for old, new in pairs)
-    print(f"score + update, paired ratio old/new: {whole:.2f}")
+        ratio = statistics.median(plain[i] / shared[i] for plain, shared in pairs)
+        plain_s, shared_s = (statistics.median(t[i] for t in times[p]) for p in ("plain", "shared"))
+        print(f"{phase}: plain {plain_s:.2f} s, shared {shared_s:.2f} s, paired ratio plain/shared {ratio:.2f}")
+    whole = statistics.median((plain[0] + plain[1]) / (shared[0] + shared[1]) for plain, shared in pairs)
+    print(f"score + update, paired ratio plain/shared: {whole:.2f}")
     shutdown()
     bench.tmp.cleanup()
 

@@ -63,12 +63,6 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return inner
 
 
-def logits_kept(model: nn.Module, n: int) -> dict[str, int]:
-    """``{"logits_to_keep": n}`` where the causal LM's forward takes it (transformers >= 4.50): the LM head then runs
-    on the last ``n`` positions only, not on the prompt; ``{}`` otherwise, and the caller slices the full logits."""
-    return {"logits_to_keep": n} if "logits_to_keep" in _forward_parameters(type(_unwrapped(model)).forward) else {}
-
-
 def with_cache(model: nn.Module, cache: Any) -> dict[str, Any]:
     """The keyword argument that hands ``model`` a KV cache: ``cache`` since transformers 5.2x, which deprecates
     ``past_key_values`` (the name before)."""
@@ -120,9 +114,11 @@ def forward_from(
     logits_from: int,
     hidden: bool = False,
     share_prefix: bool = True,
+    last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits [B, T-logits_from, V] of positions from ``logits_from`` on, and with ``hidden`` the last hidden states
-    of the same positions.
+    """Logits [B, n, V] of the positions from ``logits_from`` on (n = T - logits_from; with ``last=False`` the last
+    position, which predicts no token of the row, is left out: n - 1), and with ``hidden`` the last hidden states
+    of the same positions. The LM head runs on those positions only.
 
     Rows whose first ``logits_from + 1`` tokens are the same (the k samples of one question share its prompt) have
     that prefix run once: a forward over the distinct prefixes, its KV cache gathered back to every row, then a
@@ -130,33 +126,55 @@ def forward_from(
     included (they flow through the gathered cache), at U x P + B x R positions instead of B x (P + R): about half
     the compute of scoring and of PPO's updates at k = 4 with prompts as long as responses. Where no prefix repeats,
     or ``share_prefix`` is off (layers checkpointed under autograd drop the cache), one plain forward."""
-    split = logits_from + 1
+    length, split = input_ids.size(1), logits_from + 1
+    end = length if last else length - 1
     prefix = torch.cat([input_ids[:, :split], attention_mask[:, :split].to(input_ids.dtype)], dim=1)
     distinct, inverse = torch.unique(prefix, dim=0, return_inverse=True)
     on_device = isinstance(lm, _OnDevice)  # its cache stays on its own device, where the rows cannot be gathered
-    if not share_prefix or on_device or len(distinct) == len(prefix) or split >= input_ids.size(1):
-        keep = input_ids.size(1) - logits_from
+    if not share_prefix or on_device or len(distinct) == len(prefix) or end - split < 1:
+        kept, sliced = _logits_between(lm, logits_from, end, length, input_ids.device)
         positions = position_ids_from_mask(attention_mask)
         out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                 output_hidden_states=hidden, **logits_kept(lm, keep))  # fmt: skip
-        return out.logits[:, -keep:], out.hidden_states[-1][:, -keep:] if hidden else None
-    ids, mask = distinct[:, :split], distinct[:, split:].to(attention_mask.dtype)
-    head = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-              output_hidden_states=hidden, **logits_kept(lm, 1))  # fmt: skip
+                 output_hidden_states=hidden, **kept)  # fmt: skip
+        return out.logits[:, sliced], out.hidden_states[-1][:, logits_from:end] if hidden else None
+    ids, mask, rest = distinct[:, :split], distinct[:, split:].to(attention_mask.dtype), input_ids[:, split:]
+    head_input, rest_input = {"input_ids": ids}, {"input_ids": rest}
+    if torch.is_grad_enabled():  # one embedding lookup, so one dense [vocab, hidden] gradient rather than two
+        vectors = _unwrapped(lm).get_input_embeddings()(torch.cat([ids.flatten(), rest.flatten()]))
+        head_vectors, rest_vectors = vectors.split([ids.numel(), rest.numel()])
+        head_input = {"inputs_embeds": head_vectors.view(*ids.shape, -1)}
+        rest_input = {"inputs_embeds": rest_vectors.view(*rest.shape, -1)}
+    head = lm(**head_input, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+              output_hidden_states=hidden, **_logits_between(lm, split - 1, split, split, ids.device)[0])  # fmt: skip
     cache = cache_of(head)
     cache.batch_select_indices(inverse)
+    kept, sliced = _logits_between(lm, 0, end - split, length - split, ids.device)
     tail = lm(
-        input_ids=input_ids[:, split:],
+        **rest_input,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask)[:, split:],
         use_cache=True,
         output_hidden_states=hidden,
         **with_cache(lm, cache),
+        **kept,
     )
-    logits = torch.cat([head.logits[:, -1:][inverse], tail.logits], dim=1)
+    logits = torch.cat([head.logits[:, -1:][inverse], tail.logits[:, sliced]], dim=1)
     if not hidden:
         return logits, None
-    return logits, torch.cat([head.hidden_states[-1][:, -1:][inverse], tail.hidden_states[-1]], dim=1)
+    states = [head.hidden_states[-1][:, -1:][inverse], tail.hidden_states[-1][:, : end - split]]
+    return logits, torch.cat(states, dim=1)
+
+
+def _logits_between(
+    model: nn.Module, start: int, end: int, length: int, device: torch.device
+) -> tuple[dict[str, Any], slice]:
+    """The keyword arguments that run the LM head on positions ``start``..``end - 1`` of ``length`` only
+    (``logits_to_keep``: a count of last positions, or their indices), and the slice of the logits it returns that
+    holds them; a model without ``logits_to_keep`` returns every position's logits and the slice picks them."""
+    if "logits_to_keep" not in _forward_parameters(type(_unwrapped(model)).forward):
+        return {}, slice(start, end)
+    keep: int | torch.Tensor = length - start if end == length else torch.arange(start, end, device=device)
+    return {"logits_to_keep": keep}, slice(None)
 
 
 class PolicyWithValue(nn.Module):
@@ -179,19 +197,24 @@ class PolicyWithValue(nn.Module):
             nn.init.zeros_(self.value_head.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_from: int = 0, value_into_trunk: bool = True
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_from: int = 0,
+        value_into_trunk: bool = True,
+        last: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``;
-        values are None without a critic.
+        """Logits [B, T-logits_from, V] and values [B, T-logits_from] (float32) for positions from ``logits_from``
+        (``last=False``: but the last); values are None without a critic.
 
         ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
         own_hidden = self.value_head is not None and self.value_lm is None
         share = not (self.checkpointed and torch.is_grad_enabled())  # checkpointed layers drop the prefix's cache
-        logits, hidden = forward_from(self.lm, input_ids, attention_mask, logits_from, own_hidden, share)
+        logits, hidden = forward_from(self.lm, input_ids, attention_mask, logits_from, own_hidden, share, last)
         if self.value_head is None:
             return logits, None
         if self.value_lm is not None:
-            _, hidden = forward_from(self.value_lm, input_ids, attention_mask, logits_from, True, share)
+            _, hidden = forward_from(self.value_lm, input_ids, attention_mask, logits_from, True, share, last)
         elif not value_into_trunk:
             hidden = hidden.detach()
         assert hidden is not None

@@ -90,8 +90,8 @@ def score(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens under the distribution they were sampled from (``sampling`` is
     temperature, top-k, top-p) and the values of the states before them (None without a critic), both [N, R]."""
-    logits, values = policy(input_ids, attention_mask, prompt_width - 1, value_into_trunk)
-    return response_logprobs(logits[:, :-1], response_ids, sampling), None if values is None else values[:, :-1]
+    logits, values = policy(input_ids, attention_mask, prompt_width - 1, value_into_trunk, last=False)
+    return response_logprobs(logits, response_ids, sampling), values
 
 
 def response_logprobs(
@@ -116,8 +116,10 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """The reference's log-probs of the response tokens at the sampling temperature (no top-k/top-p: a token
     outside the reference's own top set would have an infinite KL), as TRL does."""
-    logits, _ = forward_from(ref, input_ids, attention_mask, prompt_width - 1)  # from the last prompt position
-    return response_logprobs(logits[:, :-1], response_ids, (temperature, 0, 1.0))
+    logits, _ = forward_from(
+        ref, input_ids, attention_mask, prompt_width - 1, last=False
+    )  # the last prompt position on
+    return response_logprobs(logits, response_ids, (temperature, 0, 1.0))
 
 
 def sampling_of(cfg: ReFTConfig) -> tuple[float, int, float]:

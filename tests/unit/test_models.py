@@ -159,11 +159,12 @@ def _rows_sharing_prompts(tokenizer, vocab):
     return ids, mask, prompts.ids.size(1)
 
 
+@pytest.mark.parametrize("last", [True, False])
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_rows_sharing_a_prompt_run_it_once_with_the_same_logits_hidden_states_and_gradients(tmp_path, arch):
+def test_rows_sharing_a_prompt_run_it_once_with_the_same_logits_hidden_states_and_gradients(tmp_path, arch, last):
     """``forward_from`` runs a prompt its rows share once and the rest of each row on its gathered cache: logits,
     hidden states and every parameter's gradient equal one forward over every row (float32; the gradients to
-    1e-5 of each one's largest entry)."""
+    1e-5 of each one's largest entry), with or without the last position."""
     config_cls, kwargs = ARCHS[arch]
     path = save_arch(tmp_path, config_cls, **kwargs)
     tokenizer = load_tokenizer(path)
@@ -171,12 +172,13 @@ def test_rows_sharing_a_prompt_run_it_once_with_the_same_logits_hidden_states_an
     ids, mask, width = _rows_sharing_prompts(tokenizer, model.config.vocab_size)
     shapes = []
     model.get_input_embeddings().register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
-    weights = torch.randn(ids.size(0), ids.size(1) - width + 1, generator=torch.Generator().manual_seed(1))
+    positions = ids.size(1) - width + (1 if last else 0)
+    weights = torch.randn(ids.size(0), positions, generator=torch.Generator().manual_seed(1))
 
     def run(share):
         model.zero_grad()
         shapes.clear()
-        logits, hidden = forward_from(model, ids, mask, width - 1, hidden=True, share_prefix=share)
+        logits, hidden = forward_from(model, ids, mask, width - 1, hidden=True, share_prefix=share, last=last)
         loss = (logits.log_softmax(-1)[..., 5] * weights).sum() + (hidden.sum(-1) * weights).sum()
         loss.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -184,9 +186,10 @@ def test_rows_sharing_a_prompt_run_it_once_with_the_same_logits_hidden_states_an
 
     logits, hidden, grads, shared_shapes = run(True)
     plain_logits, plain_hidden, plain_grads, plain_shapes = run(False)
-    assert shared_shapes == [(2, width), (5, ids.size(1) - width)]  # two distinct prompts once, then 5 responses
+    # under autograd one embedding lookup: the two distinct prompts once, then the five responses
+    assert shared_shapes == [(2 * width + 5 * (ids.size(1) - width),)]
     assert plain_shapes == [tuple(ids.shape)]
-    assert logits.shape == plain_logits.shape == (5, ids.size(1) - width + 1, model.config.vocab_size)
+    assert logits.shape == plain_logits.shape == (5, positions, model.config.vocab_size)
     torch.testing.assert_close(logits, plain_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hidden, plain_hidden, atol=1e-5, rtol=1e-5)
     assert grads.keys() == plain_grads.keys() and grads
