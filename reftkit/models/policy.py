@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from reftkit.config.schema import ConfigError, ReFTConfig
 from reftkit.models.loading import DTYPES, VALUE_HEAD_FILE, VALUE_MODEL_DIR, load_causal_lm
-from reftkit.models.trainable import is_checkpointed, is_lora, save_lm, trainable_parameters
+from reftkit.models.trainable import is_lora, save_lm, trainable_parameters
 
 
 class _OnDevice(nn.Module):
@@ -124,14 +124,13 @@ def forward_from(
     that prefix run once: a forward over the distinct prefixes, its KV cache gathered back to every row, then a
     forward over the rest of each row on that cache. The same values as one forward over every row, gradients
     included (they flow through the gathered cache), at U x P + B x R positions instead of B x (P + R): about half
-    the compute of scoring and of PPO's updates at k = 4 with prompts as long as responses. Where no prefix repeats,
-    or ``share_prefix`` is off (layers checkpointed under autograd drop the cache), one plain forward."""
+    the compute of scoring and of PPO's updates at k = 4 with prompts as long as responses (checkpointed layers
+    too: ``trainable._WrittenOnce``). Where no prefix repeats, or with ``share_prefix=False``, one plain forward."""
     length, split = input_ids.size(1), logits_from + 1
     end = length if last else length - 1
     prefix = torch.cat([input_ids[:, :split], attention_mask[:, :split].to(input_ids.dtype)], dim=1)
     distinct, inverse = torch.unique(prefix, dim=0, return_inverse=True)
-    on_device = isinstance(lm, _OnDevice)  # its cache stays on its own device, where the rows cannot be gathered
-    if not share_prefix or on_device or len(distinct) == len(prefix) or end - split < 1:
+    if not share_prefix or len(distinct) == len(prefix) or end - split < 1:
         kept, sliced = _logits_between(lm, logits_from, end, length, input_ids.device)
         positions = position_ids_from_mask(attention_mask)
         out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
@@ -147,7 +146,7 @@ def forward_from(
     head = lm(**head_input, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
               output_hidden_states=hidden, **_logits_between(lm, split - 1, split, split, ids.device)[0])  # fmt: skip
     cache = cache_of(head)
-    cache.batch_select_indices(inverse)
+    cache.batch_select_indices(inverse.to(next(_unwrapped(lm).parameters()).device))  # a reference elsewhere: there
     kept, sliced = _logits_between(lm, 0, end - split, length - split, ids.device)
     tail = lm(
         **rest_input,
@@ -190,7 +189,6 @@ class PolicyWithValue(nn.Module):
         self.lm = lm
         self.value_lm = value_lm
         self.value_head: nn.Linear | None = None
-        self.checkpointed = any(is_checkpointed(m) for m in (lm, value_lm) if m is not None)
         if critic:  # critic-free estimators (GRPO, RLOO, ...) train the LM alone
             self.value_head = nn.Linear(lm.config.get_text_config().hidden_size, 1)
             nn.init.zeros_(self.value_head.weight)
@@ -209,12 +207,11 @@ class PolicyWithValue(nn.Module):
 
         ``value_into_trunk=False`` stops the value's gradient at the shared trunk (the head still learns)."""
         own_hidden = self.value_head is not None and self.value_lm is None
-        share = not (self.checkpointed and torch.is_grad_enabled())  # checkpointed layers drop the prefix's cache
-        logits, hidden = forward_from(self.lm, input_ids, attention_mask, logits_from, own_hidden, share, last)
+        logits, hidden = forward_from(self.lm, input_ids, attention_mask, logits_from, own_hidden, last=last)
         if self.value_head is None:
             return logits, None
         if self.value_lm is not None:
-            _, hidden = forward_from(self.value_lm, input_ids, attention_mask, logits_from, True, share, last)
+            _, hidden = forward_from(self.value_lm, input_ids, attention_mask, logits_from, True, last=last)
         elif not value_into_trunk:
             hidden = hidden.detach()
         assert hidden is not None

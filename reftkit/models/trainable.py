@@ -145,19 +145,51 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
             layer.forward = types.MethodType(_checkpointed_forward, layer)
 
 
-def is_checkpointed(model: nn.Module) -> bool:
-    """Whether ``enable_gradient_checkpointing`` wrapped this model's layers (they ignore a KV cache under autograd)."""
-    return any("forward" in vars(layer) for layer in decoder_layers(model))
-
-
 def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     forward = type(self).forward
     if not torch.is_grad_enabled():
         return forward(self, *args, **kwargs)
-    for key in ("cache", "past_key_values", "past_key_value", "layer_past"):  # a recompute would write it twice
-        if kwargs.get(key) is not None:
-            kwargs[key] = None
+    for key in ("cache", "past_key_values", "past_key_value", "layer_past"):
+        if kwargs.get(key) is not None:  # a recomputation would write it twice
+            kwargs[key] = _WrittenOnce(kwargs[key]) if hasattr(kwargs[key], "update") else None
     return torch.utils.checkpoint.checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
+
+
+class _WrittenOnce:
+    """The KV cache a checkpointed layer sees: the forward's ``update`` writes to the cache as usual; the
+    recomputation's returns the same keys and values (what the cache held before, then the recomputed ones) without
+    writing them again. So a prompt's cache can be written and then attended to (``policy.forward_from``) by
+    checkpointed layers, bit for bit as without checkpointing."""
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+        self._before: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._written = False
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if not self._written:
+            self._before, self._written = _stored(self._cache, layer_idx), True
+            return self._cache.update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self._before is None:
+            return key_states, value_states
+        keys, values = self._before
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+
+def _stored(cache: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The keys and values ``cache`` holds for a layer (None: nothing yet), in transformers 5 (``layers``) and 4."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        layer = layers[layer_idx] if layer_idx < len(layers) else None
+        keys = getattr(layer, "keys", None)
+        return None if keys is None or keys.numel() == 0 else (keys, layer.values)
+    key_cache = getattr(cache, "key_cache", [])
+    if layer_idx >= len(key_cache) or key_cache[layer_idx].numel() == 0:
+        return None
+    return key_cache[layer_idx], cache.value_cache[layer_idx]
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.utils.checkpoint
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaModel
 
 import reftkit.trainers.stepwise as stepwise
 from reftkit.config.loading import load_config
@@ -57,10 +57,16 @@ def run(out: Path, overrides: list[str], resume: bool = False, stop_after: tuple
     is written, as a crash right after it."""
     calls = {True: 0, False: 0}
     real_checkpoint, real_save = torch.utils.checkpoint.checkpoint, StageCheckpoints.save
+    real_forward = LlamaModel.forward
+    forwards = {"eval": 0}  # model forwards with gradients in eval mode (PPO's loss: 1 or 2 a minibatch, see below)
 
     def counting_checkpoint(function, layer, *args, **kwargs):
         calls[layer.training] += 1
         return real_checkpoint(function, layer, *args, **kwargs)
+
+    def counting_forward(self, *args, **kwargs):
+        forwards["eval"] += torch.is_grad_enabled() and not self.training
+        return real_forward(self, *args, **kwargs)
 
     def save(self, step, *args, **kwargs):
         real_save(self, step, *args, **kwargs)
@@ -70,10 +76,11 @@ def run(out: Path, overrides: list[str], resume: bool = False, stop_after: tuple
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stepwise, "grade_batch", even_length_reward)
         patch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+        patch.setattr(LlamaModel, "forward", counting_forward)
         patch.setattr(StageCheckpoints, "save", save)
         config = load_config("micro", None, [*COMMON, *overrides])
         run_pipeline(config, out, overwrite=not resume, resume=resume, command="pytest memory options")
-    return {"train": calls[True], "eval": calls[False]}
+    return {"train": calls[True], "eval": calls[False], "eval_forwards": forwards["eval"]}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +124,7 @@ def test_plain_run_has_a_ppo_signal_and_no_checkpointing(runs):
     reft = records(out, "reft")
     assert len(reft) == 3 and all(r["grad_norm"] > 0 for r in reft)  # the test's reward gives PPO work to do
     assert any(r["kl"] != 0 for r in reft[1:])
-    assert calls == {"train": 0, "eval": 0}
+    assert (calls["train"], calls["eval"]) == (0, 0)
 
 
 def test_lora_run_writes_plain_models_trained_through_the_adapters_only(runs):
@@ -152,8 +159,11 @@ def test_gradient_checkpointing_runs_in_sft_and_the_eval_mode_ppo_update_and_cha
     sft_steps = math.ceil(config.task.n_train / config.sft.batch_size) * (config.sft.warmup_epochs + config.sft.epochs)
     ppo_steps = math.ceil(config.task.n_train / reft.questions_per_step) * reft.epochs
     minibatches = math.ceil(reft.questions_per_step * reft.samples_per_question / reft.minibatch_size)
-    # every decoder layer of every forward pass with gradients, and none under no_grad (sampling, scoring)
-    assert calls == {"train": layers * sft_steps, "eval": layers * ppo_steps * reft.ppo_epochs * minibatches}
+    # every decoder layer of every forward pass with gradients, and none under no_grad (sampling, scoring); a PPO
+    # minibatch whose rows share a prompt is two forwards (the distinct prompts, then the responses on their cache)
+    updates = ppo_steps * reft.ppo_epochs * minibatches
+    assert updates <= calls["eval_forwards"] <= 2 * updates
+    assert (calls["train"], calls["eval"]) == (layers * sft_steps, layers * calls["eval_forwards"])
     assert_same_run(out, runs("plain")[0])  # recomputation is exact: the same run, bit for bit
 
 

@@ -199,23 +199,27 @@ def test_rows_sharing_a_prompt_run_it_once_with_the_same_logits_hidden_states_an
         torch.testing.assert_close(grad, plain_grads[name], atol=tolerance, rtol=0, msg=name)
 
 
-def test_a_checkpointed_policy_scores_shared_prompts_in_one_forward_under_autograd(tmp_path):
-    """Checkpointed layers drop the KV cache while autograd records, so the policy runs every row whole then;
-    without autograd (scoring rollouts) it shares the prompt; its values are the same either way."""
+def test_a_checkpointed_policy_shares_prompts_under_autograd_bit_for_bit(tmp_path):
+    """Checkpointed layers write the prompt's cache once and attend to it again when recomputed: logits, values and
+    every gradient of a checkpointed policy on rows sharing prompts are the unchecked policy's, bit for bit."""
     path = build_tiny(TEXTS, SMALL, tmp_path / "tiny", seed=0)
     tokenizer = load_tokenizer(path)
-    lm = load_causal_lm(path, tokenizer)
-    enable_gradient_checkpointing(lm)
-    policy = PolicyWithValue(lm).eval()
-    torch.nn.init.normal_(policy.value_head.weight)
-    ids, mask, width = _rows_sharing_prompts(tokenizer, lm.config.vocab_size)
-    calls = []
-    lm.get_input_embeddings().register_forward_hook(lambda module, args, out: calls.append(args[0].size(0)))
-    logits, values = policy(ids, mask, logits_from=width - 1)
-    assert calls == [5]
-    calls.clear()
-    with torch.no_grad():
-        shared_logits, shared_values = policy(ids, mask, logits_from=width - 1)
-    assert calls == [2, 5]
-    torch.testing.assert_close(shared_logits, logits.detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(shared_values, values.detach(), atol=1e-5, rtol=1e-5)
+    results = []
+    for checkpointed in (False, True):
+        lm = load_causal_lm(path, tokenizer)
+        if checkpointed:
+            enable_gradient_checkpointing(lm)
+        policy = PolicyWithValue(lm).eval()
+        torch.nn.init.normal_(policy.value_head.weight, generator=torch.Generator().manual_seed(0))
+        ids, mask, width = _rows_sharing_prompts(tokenizer, lm.config.vocab_size)
+        calls = []
+        embedding = lm.get_input_embeddings()
+        embedding.register_forward_hook(lambda module, args, out, calls=calls: calls.append(args[0].shape))
+        logits, values = policy(ids, mask, logits_from=width - 1)
+        (logits.float().logsumexp(-1).sum() + values.sum()).backward()
+        assert calls == [(2 * width + 5 * (ids.size(1) - width),)]  # the shared path: one lookup, prompts once
+        grads = {name: p.grad for name, p in policy.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), values.detach(), grads))
+    (plain_logits, plain_values, plain_grads), (logits, values, grads) = results
+    assert torch.equal(logits, plain_logits) and torch.equal(values, plain_values)
+    assert grads.keys() == plain_grads.keys() and all(torch.equal(grads[n], plain_grads[n]) for n in grads)
