@@ -111,8 +111,15 @@ def jobs_for(
     jobs = [sft]
     for name in ("warmup", "sft"):  # greedy test accuracy of the warm-up and of converged SFT (its best epoch)
         argv = ["eval", "--model", str(root / "sft" / "checkpoints" / name), "--split", "test", *common]
-        jobs.append(Job(f"seed{seed}/test_{name}", argv, root / "sft" / f"test_{name}",
-                        needs=root / "sft" / "resume" / "sft" / "done", output=root / "sft" / f"test_{name}.json"))
+        jobs.append(
+            Job(
+                f"seed{seed}/test_{name}",
+                argv,
+                root / "sft" / f"test_{name}",
+                needs=root / "sft" / "resume" / "sft" / "done",
+                output=root / "sft" / f"test_{name}.json",
+            )
+        )
     for arm in arms:
         command, overrides = ARMS[arm]
         overrides = [o.format(**fields) for o in overrides]
@@ -190,8 +197,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir")
     parser.add_argument("--preset", default="default", help="the reftkit preset under --config")
-    parser.add_argument("--group-steps", type=int, default=126,
-                        help="steps of the k=4 arms: the k=1 arms' steps (126 for the default task's 2 epochs)")
+    parser.add_argument(
+        "--group-steps",
+        type=int,
+        default=126,
+        help="steps of the k=4 arms: the k=1 arms' steps (126 for the default task's 2 epochs)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -77,6 +77,14 @@ class Experience:
     ref_logp: torch.Tensor | None  # None with kl_coef = 0 (no reference model)
     advantages: torch.Tensor
     returns: torch.Tensor | None
+    first_pass: tuple[torch.Tensor, torch.Tensor | None] | None = None  # scoring's graph (``fuses_first_pass``)
+
+
+def fuses_first_pass(cfg: ReFTConfig, n_rows: int) -> bool:
+    """Whether scoring's policy forward, made with gradients, can serve as the first PPO minibatch's (one minibatch
+    of every row, one part, one process): the policy has not moved yet, so its log-probs are the old ones exactly
+    (the first ratio is 1 bit for bit), and one forward of the step is saved."""
+    return cfg.ppo_epochs >= 1 and cfg.minibatch_size >= n_rows and cfg.grad_accum_steps == 1 and world()[1] == 1
 
 
 def score(
@@ -196,10 +204,8 @@ def make_experience(
     config: RunConfig,
     accelerator: Accelerator,
 ) -> Experience:
-    """Score this process's rows of the rollout once and turn them into advantages (and, with a critic, returns).
-
-    The rollout's scores and questions hold every row of the step, so group baselines see whole groups whichever
-    process holds which rows."""
+    """Score this process's rows of the rollout once and turn them into advantages (and, with a critic, returns);
+    the rollout's scores and questions hold every row of the step, so group baselines see whole groups."""
     cfg = config.reft
     batch, responses, scores, questions = rollout.prompts, rollout.responses, rollout.scores, rollout.questions
     spec = ppo.ESTIMATORS[cfg.advantage]
@@ -212,8 +218,14 @@ def make_experience(
         local_rows(responses.ids, rows), local_rows(responses.mask, rows), local_rows(responses.truncated, rows)
     )
     width = batch.ids.size(1)
+    first_pass = None
     with accelerator.autocast():
-        old_logp, old_values = score(policy, input_ids, attention_mask, width, responses.ids, sampling=sampling_of(cfg))
+        fused = fuses_first_pass(cfg, n_rows)
+        with torch.set_grad_enabled(fused):
+            scored = score(policy, input_ids, attention_mask, width, responses.ids, cfg.value_model != "detached",
+                           sampling_of(cfg))  # fmt: skip
+        first_pass = scored if fused else None
+        old_logp, old_values = (None if t is None else t.detach() for t in scored)
         ref_logp = None
         if ref is not None:
             ref_logp = reference_logprobs(ref, input_ids, attention_mask, width, responses.ids, cfg.temperature)
@@ -235,7 +247,7 @@ def make_experience(
         advantages = ppo.whiten(advantages, mask, sums, centre=not clamped)
     return Experience(
         input_ids, attention_mask, width, responses, rows, n_rows, local_rows(questions, rows), rollout.lengths,
-        old_logp, old_values, ref_logp, advantages, returns,
+        old_logp, old_values, ref_logp, advantages, returns, first_pass,
     )  # fmt: skip
 
 
@@ -317,8 +329,7 @@ def _minibatch_losses(
         yield cfg.sft_coef * sft_term
 
 
-SUMMED = ("policy_loss", "value_loss", "kl_loss", "sft_loss")
-"""Minibatch figures that add up over the shares of gradient accumulation (the others are averaged)."""
+SUMMED = ("policy_loss", "value_loss", "kl_loss", "sft_loss")  # add up over accumulation's shares (others: mean)
 
 
 def _minibatch_loss(
@@ -333,16 +344,20 @@ def _minibatch_loss(
     """The PPO loss of this process's ``rows`` of a minibatch (all of it, or one share of it under gradient
     accumulation) and its figures."""
     mask = exp.responses.mask[rows]
-    with accelerator.autocast():
-        logp, values = score(
-            policy,
-            exp.input_ids[rows],
-            exp.attention_mask[rows],
-            exp.prompt_width,
-            exp.responses.ids[rows],
-            value_into_trunk=not value_only and cfg.value_model != "detached",
-            sampling=sampling_of(cfg),
-        )
+    if exp.first_pass is not None:  # scoring's forward of every row (a value warm-up drops the trunk's gradients)
+        (logp, values), exp.first_pass = exp.first_pass, None
+        logp, values = logp[rows], None if values is None else values[rows]
+    else:
+        with accelerator.autocast():
+            logp, values = score(
+                policy,
+                exp.input_ids[rows],
+                exp.attention_mask[rows],
+                exp.prompt_width,
+                exp.responses.ids[rows],
+                value_into_trunk=not value_only and cfg.value_model != "detached",
+                sampling=sampling_of(cfg),
+            )
     pg_loss, figures = ppo.policy_loss(logp, exp.old_logp[rows], exp.advantages[rows], mask, cfg.clip_eps,
                                        aggregate=aggregate)  # fmt: skip
     loss = (0.0 if value_only else 1.0) * pg_loss

@@ -1,6 +1,7 @@
 """The value warm-up (``reft.value_warmup_steps``): a value-only PPO update trains the value head (and a separate
 value model) and leaves the policy and its optimiser state exactly as they were; a normal update moves both.
-``reft.value_model=detached``: the value loss alone moves the head but not the trunk it reads."""
+``reft.value_model=detached``: the value loss alone moves the head but not the trunk it reads. Scoring's forward
+serves as the first minibatch's where one minibatch holds every row, with the same update."""
 
 import math
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+import reftkit.trainers.reft as reft
 from reftkit.config.loading import load_config
 from reftkit.config.schema import TinyModelConfig
 from reftkit.models.loading import build_tiny, load_causal_lm, load_tokenizer
@@ -28,11 +30,12 @@ def tiny(tmp_path_factory):
     return path, load_tokenizer(path)
 
 
-def one_update(tiny, value_model: str, value_only: bool):
+def one_update(tiny, value_model: str, value_only: bool, overrides: tuple[str, ...] = (), full: bool = False):
     """Names of the parameters changed by one PPO update on four sampled rows with rewards 1, 0, 0.1, 1, and of
-    those with optimiser state."""
+    those with optimiser state (``full``: the parameters after the update and the update's figures)."""
     path, tokenizer = tiny
-    config = load_config("micro", None, ["mixed_precision=no", f"reft.value_model={value_model}", "reft.lr=1e-2"])
+    config = load_config("micro", None, ["mixed_precision=no", f"reft.value_model={value_model}", "reft.lr=1e-2",
+                                         *overrides])  # fmt: skip
     accelerator = Accelerator(cpu=True)
     torch.manual_seed(0)
     value_lm = load_causal_lm(path, tokenizer) if value_model == "separate" else None
@@ -49,7 +52,9 @@ def one_update(tiny, value_model: str, value_only: bool):
     rollout = Rollout(torch.arange(4), batch, responses, [], [], [], scores)  # 4 questions, one sample each
     exp = make_experience(policy, ref, rollout, config, accelerator)
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
-    ppo_update(policy, optimizer, exp, config, accelerator, value_only=value_only)
+    figures = ppo_update(policy, optimizer, exp, config, accelerator, value_only=value_only)
+    if full:
+        return {name: p.detach().clone() for name, p in policy.named_parameters()}, figures
     changed = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
     with_state = {name for name, p in policy.named_parameters() if p in optimizer.state}
     return changed, with_state
@@ -120,3 +125,21 @@ def test_positive_only_survives_the_whitening(tiny):
     std = math.sqrt((0.25 * n0 - n * mean * mean) / (n - 1))
     assert exp.advantages[0][mask[0]].tolist() == pytest.approx([0.5 / std] * n0, rel=1e-5)
     assert torch.equal(exp.advantages[1:], torch.zeros_like(exp.advantages[1:]))
+
+
+@pytest.mark.parametrize("value_model", ["shared", "detached"])
+def test_scoring_forward_is_the_first_minibatchs_with_the_same_update(tiny, value_model, monkeypatch):
+    """One minibatch of all four rows (``fuses_first_pass``): scoring's forward, made with gradients, is the first
+    minibatch's, so its ratio is 1 and its KL estimate 0 exactly, and the update is the one a separate forward
+    makes (float32, to rounding)."""
+    results, forwards, real_score = {}, [], reft.score
+    monkeypatch.setattr(reft, "score", lambda *a, **k: forwards.append(torch.is_grad_enabled()) or real_score(*a, **k))
+    for fused in (True, False):
+        monkeypatch.setattr(reft, "fuses_first_pass", lambda cfg, n_rows, fused=fused: fused)
+        results[fused] = one_update(tiny, value_model, False, ("reft.ppo_epochs=1",), full=True)
+    assert forwards == [True, False, True]  # fused: one forward, with gradients; else scoring's, then the update's
+    (params, figures), (separate, separate_figures) = results[True], results[False]
+    assert figures["ratio_mean"] == 1.0 and figures["approx_kl"] == 0.0 and figures["clipfrac"] == 0.0
+    assert figures.keys() == separate_figures.keys()
+    for name, value in params.items():
+        torch.testing.assert_close(value, separate[name], atol=1e-6, rtol=1e-5, msg=name)
