@@ -32,7 +32,8 @@ def tiny(tmp_path_factory):
 
 def one_update(tiny, value_model: str, value_only: bool, overrides: tuple[str, ...] = (), full: bool = False):
     """Names of the parameters changed by one PPO update on four sampled rows with rewards 1, 0, 0.1, 1, and of
-    those with optimiser state (``full``: the parameters after the update and the update's figures)."""
+    those with optimiser state (``full``: the parameters after an SGD update, which moves each by lr x its gradient
+    where AdamW's first step would turn a rounding-level gradient into a full lr-sized step, and the figures)."""
     path, tokenizer = tiny
     config = load_config("micro", None, ["mixed_precision=no", f"reft.value_model={value_model}", "reft.lr=1e-2",
                                          *overrides])  # fmt: skip
@@ -41,7 +42,8 @@ def one_update(tiny, value_model: str, value_only: bool, overrides: tuple[str, .
     value_lm = load_causal_lm(path, tokenizer) if value_model == "separate" else None
     policy = PolicyWithValue(load_causal_lm(path, tokenizer), value_lm).eval()
     ref = load_causal_lm(path, tokenizer).eval()
-    optimizer = torch.optim.AdamW(policy.param_groups(1e-2, 1e-2), weight_decay=0.0)
+    groups = policy.param_groups(1e-2, 1e-2)
+    optimizer = torch.optim.SGD(groups) if full else torch.optim.AdamW(groups, weight_decay=0.0)
     prompts = encode_prompts(tokenizer, ["Tom has 5 apples.", "He buys 3 more.", "Tom", "apples"])
     batch = left_pad(prompts, tokenizer.pad_token_id)
     responses = generate(
