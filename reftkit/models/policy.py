@@ -128,14 +128,18 @@ def forward_from(
     too: ``trainable._WrittenOnce``). Where no prefix repeats, or with ``share_prefix=False``, one plain forward."""
     length, split = input_ids.size(1), logits_from + 1
     end = length if last else length - 1
-    prefix = torch.cat([input_ids[:, :split], attention_mask[:, :split].to(input_ids.dtype)], dim=1)
-    distinct, inverse = torch.unique(prefix, dim=0, return_inverse=True)
-    if not share_prefix or len(distinct) == len(prefix) or end - split < 1:
+    shared = None  # (distinct prefixes, each row's among them), where some row repeats another's prefix
+    if share_prefix and end - split >= 1:
+        prefix = torch.cat([input_ids[:, :split], attention_mask[:, :split].to(input_ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(prefix, dim=0, return_inverse=True)
+        shared = (distinct, inverse) if len(distinct) < len(prefix) else None
+    if shared is None:
         kept, sliced = _logits_between(lm, logits_from, end, length, input_ids.device)
         positions = position_ids_from_mask(attention_mask)
         out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                  output_hidden_states=hidden, **kept)  # fmt: skip
         return out.logits[:, sliced], out.hidden_states[-1][:, logits_from:end] if hidden else None
+    distinct, inverse = shared
     ids, mask, rest = distinct[:, :split], distinct[:, split:].to(attention_mask.dtype), input_ids[:, split:]
     head_input, rest_input = {"input_ids": ids}, {"input_ids": rest}
     if torch.is_grad_enabled():  # one embedding lookup, so one dense [vocab, hidden] gradient rather than two

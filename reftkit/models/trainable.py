@@ -166,7 +166,9 @@ class _WrittenOnce:
         self._before: tuple[torch.Tensor, torch.Tensor] | None = None
         self._written = False
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._written:
             self._before, self._written = _stored(self._cache, layer_idx), True
             return self._cache.update(key_states, value_states, layer_idx, *args, **kwargs)

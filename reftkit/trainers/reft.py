@@ -124,9 +124,8 @@ def reference_logprobs(
 ) -> torch.Tensor:
     """The reference's log-probs of the response tokens at the sampling temperature (no top-k/top-p: a token
     outside the reference's own top set would have an infinite KL), as TRL does."""
-    logits, _ = forward_from(
-        ref, input_ids, attention_mask, prompt_width - 1, last=False
-    )  # the last prompt position on
+    # logits from the last prompt position, which predicts the first response token, to the last but one
+    logits, _ = forward_from(ref, input_ids, attention_mask, prompt_width - 1, last=False)
     return response_logprobs(logits, response_ids, (temperature, 0, 1.0))
 
 
@@ -218,7 +217,6 @@ def make_experience(
         local_rows(responses.ids, rows), local_rows(responses.mask, rows), local_rows(responses.truncated, rows)
     )
     width = batch.ids.size(1)
-    first_pass = None
     with accelerator.autocast():
         fused = fuses_first_pass(cfg, n_rows)
         with torch.set_grad_enabled(fused):
