@@ -8,6 +8,7 @@ import torch
 
 from reftkit.cli import launch
 from reftkit.rl import ppo
+from reftkit.rollout import generate as generate_module
 from reftkit.rollout.generate import _pick
 from reftkit.runtime import distributed
 from reftkit.trainers import reft, sft
@@ -20,6 +21,27 @@ def test_sampling_is_torch_multinomial_bit_for_bit():
     expected = torch.multinomial(probs_logits.softmax(-1), 1, generator=g1).squeeze(-1)
     assert torch.equal(_pick(probs_logits, 1.0, 0, 1.0, g2, torch.arange(6), 6), expected)
     assert torch.equal(g1.get_state(), g2.get_state())  # the generators stay in step too
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_sampling_noise_is_exponential_bit_for_bit(seed):
+    """The CPU fast path (float64 uniforms, vectorised log1p) draws exactly what ``exponential_`` draws, at a
+    real vocabulary's size, and leaves the generator where ``exponential_`` leaves it."""
+    assert generate_module._uniform_log1p_is_exponential()  # else the test below compares exponential_ with itself
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    for rows, vocab in [(16, 49153), (3, 50), (1, 2048)]:
+        expected = torch.empty(rows, vocab).exponential_(1, generator=g1)
+        drawn = generate_module._exponential_noise(rows, vocab, torch.device("cpu"), g2)
+        assert drawn.dtype == torch.float32 and torch.equal(drawn, expected)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_sampling_at_a_real_vocabulary_is_torch_multinomial():
+    logits = torch.randn(16, 49153) * 3
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        expected = torch.multinomial(logits.softmax(-1), 1, generator=g1).squeeze(-1)
+        assert torch.equal(_pick(logits, 1.0, 0, 1.0, g2, torch.arange(16), 16), expected)
 
 
 def test_a_share_of_the_rows_samples_what_the_whole_batch_samples():
