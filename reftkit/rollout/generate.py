@@ -84,7 +84,9 @@ def _pick(
         return logits.argmax(-1)
     probs = warp_logits(logits, temperature, top_k, top_p).softmax(-1)
     noise = _exponential_noise(total, probs.size(-1), probs.device, generator)
-    return (probs / noise[rows]).argmax(-1)
+    if rows.numel() < total:  # else ``rows`` is every row in order (ascending, distinct): no copy needed
+        noise = noise[rows]
+    return (probs / noise).argmax(-1)
 
 
 def _exponential_noise(rows: int, vocab: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
@@ -211,9 +213,10 @@ def _generate_rows(
     logprobs = torch.zeros((batch, gen.max_new_tokens), device=device) if gen.return_logprobs else None
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     held = torch.arange(batch, device=device)  # the rows in the decoder's batch, by their index in the result
+    ended_held = 0  # how many of them have ended: while none has, no [rows, vocab] logits are copied
     for t in range(gen.max_new_tokens):
         live = ~ended[held]
-        rows, live_logits = held[live], logits[live]
+        rows, live_logits = (held, logits) if ended_held == 0 else (held[live], logits[live])
         token = _pick(live_logits, gen.temperature, gen.top_k, gen.top_p, generator, global_rows[rows], total)
         ids[rows, t] = token
         mask[rows, t] = 1.0
@@ -222,15 +225,16 @@ def _generate_rows(
             logprobs[rows, t] = warped.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         ended[rows] = token == gen.eos_id
         width = t + 1
-        if bool(ended.all()):
+        ended_held = int(ended[held].sum())
+        if ended_held == held.numel():  # rows leave the decoder's batch only once ended: every row has ended
             break
         if t + 1 < gen.max_new_tokens:
             step_tokens = torch.full_like(held, gen.pad_id)
             step_tokens[live] = token
-            if steps.can_drop and 8 * int(ended[held].sum()) >= held.numel():
+            if steps.can_drop and 8 * ended_held >= held.numel():
                 keep = (~ended[held]).nonzero().squeeze(1)
                 steps.keep(keep)
-                held, step_tokens = held[keep], step_tokens[keep]
+                held, step_tokens, ended_held = held[keep], step_tokens[keep], 0
             logits = steps.step(step_tokens)
     return Responses(
         ids=ids[:, :width],
