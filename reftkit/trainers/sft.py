@@ -20,8 +20,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 
 from reftkit.config.schema import RewardModelConfig, RunConfig, SFTConfig
 from reftkit.data.base import CoT, Problem, TaskData, prompt_text, target_text
-from reftkit.models.policy import position_ids_from_mask
+from reftkit.models.policy import forward_from
 from reftkit.models.trainable import prepare_for_training, save_lm, trainable_parameters
+from reftkit.rl.ppo import token_logprobs
 from reftkit.rollout.generate import encode_prompts
 from reftkit.runtime.distributed import owned, world
 from reftkit.runtime.interrupt import stop_after_step
@@ -102,11 +103,18 @@ def epoch_batches(
 def sft_loss(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Cross-entropy of the target tokens: their mean, or (``reduction="sum"``) their sum."""
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction=reduction
-    )
+    """Cross-entropy of the target tokens: their mean, or (``reduction="sum"``) their sum.
+
+    The LM head runs only from the first position that predicts a target on (prompts are a third to a half of an
+    example), and the targets' log-probs come from ``ppo.token_logprobs`` (a chunked log-sum-exp): no float32
+    [rows, length, vocabulary] log-softmax and its gradient, which took an eighth of a SmolLM2 SFT step."""
+    targets = labels[:, 1:]
+    first = int((targets != IGNORE).any(0).int().argmax())  # the earliest position any row predicts a target from
+    logits, _ = forward_from(model, ids, mask, first, share_prefix=False, last=False)
+    targets = targets[:, first:]
+    counted = targets != IGNORE
+    nll = -(token_logprobs(logits, targets.clamp(min=0)) * counted).sum()
+    return nll / counted.sum() if reduction == "mean" else nll
 
 
 def sft_loss_parts(
