@@ -95,7 +95,7 @@ def test_sft_loss_shares_average_to_the_one_process_loss(monkeypatch):
     embed = torch.nn.Embedding(vocab, vocab)
 
     class Tiny(torch.nn.Module):
-        def forward(self, input_ids, attention_mask, position_ids):
+        def forward(self, input_ids, attention_mask, position_ids, output_hidden_states=False):
             return type("Out", (), {"logits": embed(input_ids)})()
 
     model = Tiny()
