@@ -4,6 +4,7 @@ only where a CPU takes gradients in bf16, and is ``sdpa`` elsewhere."""
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.integrations import sdpa_attention
 
 from reftkit.config.schema import TinyModelConfig
 from reftkit.models import attention
@@ -55,6 +56,24 @@ def test_without_gradients_it_is_sdpa_exactly():
         assert torch.equal(
             ours(input_ids=ids, attention_mask=mask).logits, theirs(input_ids=ids, attention_mask=mask).logits
         )
+
+
+def test_grouped_heads_on_a_cpu_skip_repeat_kv_with_the_same_attention(monkeypatch):
+    """sdpa over grouped key/value heads in place: the logits of transformers' sdpa (which repeats the heads) bit for
+    bit, and every gradient to rounding; the heads are never repeated."""
+    ids = torch.randint(2, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    repeats = []
+    real_repeat = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: repeats.append(n) or real_repeat(x, n))
+    (a, grads_a) = logits_and_grads(model("llama_gqa", attention.CPU_AWARE), ids, mask)
+    assert repeats == []  # and transformers' own path does repeat them:
+    (b, grads_b) = logits_and_grads(model("llama_gqa", "sdpa"), ids, mask)
+    assert repeats and set(repeats) == {2}
+    assert torch.equal(a, b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_the_explicit_path_runs_only_where_a_cpu_takes_gradients_in_bf16(monkeypatch):
