@@ -20,6 +20,7 @@ try:
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.utils.import_utils import is_torch_greater_or_equal
 except ImportError:  # transformers < 4.53: no attention registry
     AttentionInterface = None
 
@@ -107,10 +108,10 @@ def explicit_attention(
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
-_SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch >= 2.5
-
 CPU_AWARE: str | None = None
+_SDPA_HAS_GQA = False  # sdpa's enable_gqa: torch >= 2.5
 if AttentionInterface is not None:
+    _SDPA_HAS_GQA = is_torch_greater_or_equal("2.5")
     CPU_AWARE = "reftkit_cpu_aware"
     AttentionInterface.register(CPU_AWARE, cpu_aware_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_AWARE, sdpa_mask)

@@ -22,7 +22,7 @@ from reftkit.config.schema import RewardModelConfig, RunConfig, SFTConfig
 from reftkit.data.base import CoT, Problem, TaskData, prompt_text, target_text
 from reftkit.models.policy import forward_from
 from reftkit.models.trainable import prepare_for_training, save_lm, trainable_parameters
-from reftkit.rl.ppo import token_logprobs
+from reftkit.rl.ppo import masked_mean, token_logprobs
 from reftkit.rollout.generate import encode_prompts
 from reftkit.runtime.distributed import owned, world
 from reftkit.runtime.interrupt import stop_after_step
@@ -113,8 +113,10 @@ def sft_loss(
     logits, _ = forward_from(model, ids, mask, first, share_prefix=False, last=False)
     targets = targets[:, first:]
     counted = targets != IGNORE
-    nll = -(token_logprobs(logits, targets.clamp(min=0)) * counted).sum()
-    return nll / counted.sum() if reduction == "mean" else nll
+    logp = token_logprobs(logits, targets.clamp(min=0))  # at ignored positions a stand-in token, left out below
+    if reduction == "mean":
+        return -masked_mean(logp, counted)
+    return -torch.where(counted, logp, 0.0).sum()
 
 
 def sft_loss_parts(
